@@ -1,0 +1,5 @@
+"""What watches a run and persists it; callbacks never change the math."""
+
+from callbacks.hf_export import HuggingFaceExport
+
+__all__ = ["HuggingFaceExport"]

@@ -1,0 +1,1 @@
+"""What feeds the models: records, answer checking, data sources, tokenizers, DataModules."""

@@ -1,0 +1,103 @@
+"""Answer extraction and checking (METHODS.md section 0).
+
+Pure functions over model or data text. Nothing here ever evaluates text: numbers are
+recognised with regular expressions and converted with ``float`` only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+# One number: integer (thousands commas only in proper groups of three, so "1,2" is not a
+# number), decimal (".5", "3.", "3.25"), optional sign. ASCII digits only.
+_NUM = r"-?(?:(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]*)?|\.[0-9]+)"
+_NUMBER = re.compile(_NUM)
+_FRACTION = re.compile(rf"({_NUM})\s*/\s*({_NUM})")
+_LATEX_FRACTION = re.compile(rf"(-?)\\d?frac\s*\{{\s*({_NUM})\s*\}}\s*\{{\s*({_NUM})\s*\}}")
+# Wrappers around an answer that carry no meaning: "<203>" (ReFT targets), "\boxed{5}".
+_ANGLE = re.compile(r"<(.*)>", re.S)
+_BOXED_WHOLE = re.compile(r"\\boxed\s*\{(.*)\}", re.S)
+
+# Spec section 0, rule 1: the ReFT/CARFT answer sentence, colon optional.
+_MARKER = re.compile(r"therefore,?\s*the answer is:?", re.I)
+_BOXED = re.compile(r"\\boxed\s*\{")
+
+
+def _to_float(text: str) -> float | None:
+    value = float(text.replace(",", ""))
+    return value if math.isfinite(value) else None
+
+
+def parse_number(text: str) -> float | None:
+    """The number that the WHOLE of ``text`` is, after stripping wrappers; else ``None``."""
+    if not isinstance(text, str):
+        return None
+    # Spec section 0: strip "$", "," (in _to_float) and a trailing "."; unicode minus is a minus.
+    s = text.replace("\u2212", "-").replace("$", "")
+    previous = None
+    while s != previous:  # peel wrappers in any order: "<203>.", "\boxed{5}.", "<\boxed{5}>"
+        previous = s
+        s = s.strip()
+        if s.endswith(".") and not _NUMBER.fullmatch(s):
+            s = s[:-1]
+        for wrapper in (_ANGLE, _BOXED_WHOLE):
+            if m := wrapper.fullmatch(s):
+                s = m.group(1)
+    if _NUMBER.fullmatch(s):
+        return _to_float(s)
+    if m := _FRACTION.fullmatch(s):
+        num, den = _to_float(m.group(1)), _to_float(m.group(2))
+    elif m := _LATEX_FRACTION.fullmatch(s):
+        num, den = _to_float(m.group(2)), _to_float(m.group(3))
+        num = -num if (m.group(1) and num is not None) else num
+    else:
+        return None
+    if num is None or not den:  # den None or 0: a/0 is not a number
+        return None
+    value = num / den
+    return value if math.isfinite(value) else None
+
+
+def _boxed_content(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}``, braces balanced; ``None`` if absent or unclosed."""
+    starts = [m.end() for m in _BOXED.finditer(text)]
+    if not starts:
+        return None
+    depth = 1
+    for i in range(starts[-1], len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[starts[-1] : i]
+    return None
+
+
+def extract_answer(text: str, fallback_last_number: bool = False) -> float | None:
+    """The predicted answer in ``text`` by the rules of spec section 0, in priority order.
+
+    The first rule whose anchor is present decides: a present but unparseable answer is
+    ``None``, never a fall-through to a weaker rule.
+    """
+    if not isinstance(text, str):
+        return None
+    markers = list(_MARKER.finditer(text))
+    if markers:  # rule 1: after the last "Therefore, the answer is", to the end of that line
+        return parse_number(text[markers[-1].end() :].split("\n", 1)[0])
+    if "####" in text:  # rule 2: the number after the last "####" (GSM8K gold format)
+        return parse_number(text.rsplit("####", 1)[1].split("\n", 1)[0])
+    if _BOXED.search(text):  # rule 3: the last \boxed{...}
+        content = _boxed_content(text)
+        return None if content is None else parse_number(content)
+    if fallback_last_number:  # rule 4, opt-in only: the last number anywhere
+        numbers = _NUMBER.findall(text.replace("\u2212", "-"))
+        return parse_number(numbers[-1]) if numbers else None
+    return None
+
+
+def is_correct(pred: float | None, gold: float, tol: float = 1e-2) -> bool:
+    """CARFT's rule (spec section 0): correct when |pred - gold| <= tol."""
+    if pred is None or not math.isfinite(pred):
+        return False
+    # The 1e-9 slack absorbs binary rounding so that an error of exactly tol counts as inside
+    # (1.01 - 1.0 is 0.010000000000000009 in floating point).
+    return abs(pred - gold) <= tol + 1e-9

@@ -1,0 +1,9 @@
+"""What learns: the policy wrapper, the pure math, and one LightningModule per method.
+
+A new method joins with one class here and one ``configs/<method>.yaml``.
+"""
+
+from lightning_modules.base import ReasoningModule
+from lightning_modules.sft import SFTModule
+
+METHODS: dict[str, type[ReasoningModule]] = {cls.name: cls for cls in (SFTModule,)}

@@ -1,0 +1,112 @@
+"""What every method shares: the policy, the optimiser, and validation by greedy decoding."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+from transformers import PreTrainedTokenizerBase
+
+from lightning_modules.config import RunConfig
+from lightning_modules.policy import Policy
+from lightning_modules.rollout import check_answers, decode, generate
+
+
+@dataclass
+class NoKnobs:
+    """This method has no knobs of its own."""
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, schedule: str, min_ratio: float):
+    """Linear warm-up to 1, then linear or cosine decay to ``min_ratio`` at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        shape = 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        return min_ratio + (1.0 - min_ratio) * shape
+
+    return factor
+
+
+class ReasoningModule(L.LightningModule):
+    """Base of every method. Subclasses set ``name``, ``Config``, ``train_batches`` and ``training_step``."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type] = NoKnobs
+    train_batches: ClassVar[str] = "annotated"
+
+    def __init__(self, config: RunConfig, tokenizer: PreTrainedTokenizerBase, model_path: str) -> None:
+        super().__init__()
+        self.config, self.tokenizer = config, tokenizer
+        self.policy = Policy.from_pretrained(model_path, config.model)
+        self.eval_metrics = torch.nn.ModuleDict(
+            {stage: torch.nn.ModuleDict({k: MeanMetric() for k in ("accuracy", "response_length", "parse_rate")}) for stage in ("val", "test")}
+        )
+        self._step_started, self._step_tokens = time.perf_counter(), 0
+        self._samples: list[str] = []
+
+    # ---- optimisation ------------------------------------------------------------------
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        optim = self.config.optim
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(optim.warmup_steps, self.config.trainer.max_steps, optim.schedule, optim.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._step_started, self._step_tokens = time.perf_counter(), 0
+
+    def count_tokens(self, num_tokens: int) -> None:
+        """Tokens processed by this training step, for ``perf/tokens_per_s``."""
+        self._step_tokens += num_tokens
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # Measured here, after the backward pass and the optimizer step.
+        seconds = time.perf_counter() - self._step_started
+        self.log("perf/step_s", seconds)
+        self.log("perf/tokens_per_s", self._step_tokens / max(seconds, 1e-9))
+
+    # ---- evaluation by greedy decoding ---------------------------------------------------
+    def _evaluate(self, stage: str, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        responses, mask = generate(
+            self.policy.lm, batch["prompt_ids"], batch["prompt_mask"], self.tokenizer, self.config.trainer.max_new_tokens
+        )
+        texts = decode(self.tokenizer, responses, mask)
+        predictions, correct = check_answers(texts, batch["answer"])
+        metrics = self.eval_metrics[stage]
+        metrics["accuracy"].update(correct.float())
+        metrics["response_length"].update(mask.sum(-1).float())
+        metrics["parse_rate"].update(torch.tensor([p is not None for p in predictions], dtype=torch.float))
+        for name, metric in metrics.items():
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=len(texts))
+        if batch_idx == 0 and stage == "val":
+            prompts = self.tokenizer.batch_decode(batch["prompt_ids"][:3], skip_special_tokens=True)
+            self._samples = [
+                f"**prompt**\n\n    {p.strip()}\n\n**response** (gold {float(g):g})\n\n    {t}"
+                for p, t, g in zip(prompts, texts, batch["answer"])
+            ]
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate("val", batch, batch_idx)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate("test", batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if self._samples and self.trainer.is_global_zero and hasattr(experiment, "add_text"):
+            experiment.add_text("val/samples", "\n\n---\n\n".join(self._samples), self.global_step)
+        self._samples = []

@@ -1,0 +1,212 @@
+"""Typed configuration of a run.
+
+Every knob has a type, a default and a docstring saying where the default comes from.
+The method's own knobs live in its ``Config`` dataclass under ``algo``; everything else is
+shared. ``configs/<method>.yaml`` holds the values of the embedded default run; a real
+model's values (from the papers) are in ``configs/real/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from datamodules.synthetic import SyntheticConfig
+
+
+class ConfigError(ValueError):
+    """An impossible configuration value; the message is one sentence naming the key."""
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass
+class EmbeddedModelConfig:
+    """Shape of the tiny Llama built from scratch when ``model.name_or_path`` is ``embedded``."""
+
+    hidden_size: int = 128
+    """Width; sized so that 2 CPU cores train a warm-up in minutes."""
+    num_layers: int = 4
+    """Decoder layers."""
+    num_heads: int = 4
+    """Attention heads (head dim = hidden_size / num_heads)."""
+    intermediate_size: int = 512
+    """MLP width (4x hidden, as in most small Llamas)."""
+    vocab_size: int = 512
+    """Byte-level BPE vocabulary (256 bytes + merges + special tokens), digits kept single."""
+    max_positions: int = 512
+    """Context length."""
+    init_seed: int = 0
+    """Seed of the random initial weights (fixed, so every run starts from the same model)."""
+
+    def validate(self) -> None:
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions"):
+            require(getattr(self, name) > 0, f"model.embedded.{name} must be positive, got {getattr(self, name)}")
+        require(
+            self.hidden_size % self.num_heads == 0,
+            f"model.embedded.hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})",
+        )
+        require(self.vocab_size >= 300, f"model.embedded.vocab_size must be at least 300 (bytes + specials), got {self.vocab_size}")
+
+
+@dataclass
+class ModelConfig:
+    """The policy language model."""
+
+    name_or_path: str = "embedded"
+    """'embedded' (the tiny default, built under cache_dir), a hub id such as Qwen/Qwen2.5-Math-1.5B, or a local folder."""
+    trust_remote_code: bool = False
+    """Run model code shipped with a hub repository; off unless you ask for it."""
+    dtype: str = "float32"
+    """Weight dtype at load (float32, bfloat16, float16); compute precision is trainer.precision."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    cache_dir: str = ".cache"
+    """Where the embedded model and tokenizer are built once and reused."""
+    embedded: EmbeddedModelConfig = field(default_factory=EmbeddedModelConfig)
+    """Shape of the embedded model."""
+
+    def validate(self) -> None:
+        require(self.dtype in ("float32", "bfloat16", "float16"), f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        require(bool(self.name_or_path), "model.name_or_path must not be empty")
+        self.embedded.validate()
+
+
+@dataclass
+class DataConfig:
+    """Where questions come from and how they become batches."""
+
+    path: str = "synthetic"
+    """Training data: 'synthetic' (embedded generator), a local GSM8K .jsonl / ReFT or SVAMP .json file, or a hub name (openai/gsm8k)."""
+    val_path: str | None = None
+    """Validation data; by default the generator's validation split, or val_size questions held out from path."""
+    test_path: str | None = None
+    """Test data for the final evaluation; by default the generator's test split, else none."""
+    hub_config: str | None = None
+    """Config name of a hub data set (openai/gsm8k needs 'main')."""
+    format: str = "auto"
+    """File format: auto (from the fields), gsm8k, reft or svamp."""
+    on_error: str = "raise"
+    """A malformed data row stops the run ('raise') or is skipped and counted ('skip')."""
+    keep_calculator_notes: bool = False
+    """Keep GSM8K's <<a*b=c>> calculator notes in the chain of thought (ReFT removes them)."""
+    prompt_style: str = "reft"
+    """'reft': 'Question:\\n...\\nAnswer reasoning:\\n' (ReFT/CARFT); 'chat': the tokenizer's chat template."""
+    val_size: int = 200
+    """Questions held out from path for validation when no val_path is given."""
+    max_val_examples: int = 200
+    """Validation questions used at each validation (greedy decoding is the cost)."""
+    max_prompt_tokens: int = 256
+    """Longer prompts are dropped or truncated (overlong), with a logged count."""
+    max_target_tokens: int = 256
+    """Longer annotated targets are dropped or truncated (overlong), with a logged count."""
+    overlong: str = "drop"
+    """What to do with an over-long prompt or target: 'drop' or 'truncate' (prompts keep their end)."""
+    batch_size: int = 32
+    """Questions per training batch on each device."""
+    bucket_batches: int = 8
+    """Sort each run of this many batches by length before batching (less padding); 1 turns it off."""
+    eval_batch_size: int = 100
+    """Questions per generation batch at validation and test."""
+    num_workers: int = 0
+    """DataLoader workers; tokenisation is done once up front, so 0 is usually enough."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """Knobs of the embedded data generator."""
+
+    def validate(self) -> None:
+        require(self.format in ("auto", "gsm8k", "reft", "svamp"), f"data.format must be auto, gsm8k, reft or svamp, got {self.format!r}")
+        require(self.on_error in ("raise", "skip"), f"data.on_error must be raise or skip, got {self.on_error!r}")
+        require(self.prompt_style in ("reft", "chat"), f"data.prompt_style must be reft or chat, got {self.prompt_style!r}")
+        require(self.overlong in ("drop", "truncate"), f"data.overlong must be drop or truncate, got {self.overlong!r}")
+        for name in ("val_size", "max_val_examples", "max_prompt_tokens", "max_target_tokens", "batch_size", "eval_batch_size", "bucket_batches"):
+            require(getattr(self, name) > 0, f"data.{name} must be positive, got {getattr(self, name)}")
+        require(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then decay, stepped every optimizer step."""
+
+    lr: float = 1e-5
+    """Peak learning rate (ReFT / CARFT SFT and RL on 7B models: 1e-5; the embedded model trains from scratch and uses more)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (ReFT: 0)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas (PyTorch defaults, as in ReFT)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps from 0 to lr."""
+    schedule: str = "linear"
+    """Decay after warm-up: linear (ReFT), cosine or constant."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of lr."""
+
+    def validate(self) -> None:
+        require(self.lr > 0, f"optim.lr must be positive, got {self.lr}")
+        require(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        require(all(0 <= b < 1 for b in self.betas), f"optim.betas must lie in [0, 1), got {self.betas}")
+        require(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        require(self.schedule in ("linear", "cosine", "constant"), f"optim.schedule must be linear, cosine or constant, got {self.schedule!r}")
+        require(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass
+class TrainerConfig:
+    """What Lightning's Trainer gets."""
+
+    max_steps: int = 300
+    """Optimizer steps of the run."""
+    accelerator: str = "auto"
+    """cpu, gpu or auto."""
+    devices: int | str = 1
+    """Devices per node (an int, or 'auto')."""
+    num_nodes: int = 1
+    """Nodes (Lightning's launchers; see README)."""
+    strategy: str = "auto"
+    """auto, ddp, fsdp, deepspeed_stage_2, ..."""
+    precision: str = "32"
+    """32, bf16-mixed, bf16-true, 16-mixed."""
+    gradient_clip_val: float = 1.0
+    """Clip the global gradient norm (ReFT: 1.0)."""
+    val_every_n_steps: int = 100
+    """Validate (greedy decoding on held-out questions) every this many optimizer steps."""
+    log_every_n_steps: int = 10
+    """Write training metrics every this many steps."""
+    checkpoint_every_n_steps: int = 100
+    """Keep a checkpoint every this many steps, besides last.ckpt."""
+    max_new_tokens: int = 128
+    """Generation budget at validation and test (ReFT: 300 for GSM8K)."""
+
+    def validate(self) -> None:
+        for name in ("max_steps", "num_nodes", "val_every_n_steps", "log_every_n_steps", "checkpoint_every_n_steps", "max_new_tokens"):
+            require(getattr(self, name) > 0, f"trainer.{name} must be positive, got {getattr(self, name)}")
+        require(self.gradient_clip_val >= 0, f"trainer.gradient_clip_val must be >= 0, got {self.gradient_clip_val}")
+        require(
+            self.devices == "auto" or (isinstance(self.devices, int) and self.devices > 0),
+            f"trainer.devices must be a positive int or 'auto', got {self.devices!r}",
+        )
+        precisions = ("32", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
+        require(self.precision in precisions, f"trainer.precision must be one of {', '.join(precisions)}, got {self.precision!r}")
+
+
+@dataclass
+class RunConfig:
+    """A whole run: which method, on what, how long, and where it is written."""
+
+    method: str
+    seed: int = 0
+    run_name: str | None = None
+    runs_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    algo: Any = None
+    """The method's own knobs (its ``Config`` dataclass)."""
+
+    def validate(self) -> None:
+        for part in (self.model, self.data, self.optim, self.trainer, self.algo):
+            if hasattr(part, "validate"):
+                part.validate()

@@ -1,0 +1,132 @@
+"""The policy: a Hugging Face causal LM plus optional heads, loaded one way for every model.
+
+The embedded default is written to disk with ``save_pretrained`` and read back through
+``from_pretrained``, the same path a hub id or a local folder takes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from lightning_modules.config import EmbeddedModelConfig, ModelConfig
+
+EMBEDDED = "embedded"
+# Bump when the tokenizer corpus or the architecture recipe changes, so old builds are not reused.
+EMBEDDED_RECIPE = 1
+
+
+def embedded_model_dir(config: ModelConfig) -> Path:
+    key = json.dumps({"recipe": EMBEDDED_RECIPE, **asdict(config.embedded)}, sort_keys=True)
+    return Path(config.cache_dir) / f"embedded-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+def build_embedded_model(config: EmbeddedModelConfig, folder: Path) -> None:
+    """Build the tiny Llama and its tokenizer from scratch and save both to ``folder``.
+
+    The folder is written under a temporary name and renamed, so a build that dies half
+    way never leaves a folder that looks complete.
+    """
+    from datamodules.prompts import tokenizer_corpus
+    from datamodules.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(tokenizer_corpus(), vocab_size=config.vocab_size)
+    model_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_heads,
+        max_position_embeddings=config.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(config.init_seed)
+    model = LlamaForCausalLM(model_config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def resolve_model_path(config: ModelConfig) -> str:
+    """Return what ``from_pretrained`` should read, building the embedded model if needed."""
+    if config.name_or_path != EMBEDDED:
+        return config.name_or_path
+    folder = embedded_model_dir(config)
+    if not (folder / "config.json").is_file():
+        try:
+            build_embedded_model(config.embedded, folder)
+        except OSError:
+            # Another process (a DDP rank) finished the same build first.
+            if not (folder / "config.json").is_file():
+                raise
+    return str(folder)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        # Common for Llama-style hub models; the pad id is always masked out, so EOS is safe.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+class Policy(nn.Module):
+    """A causal LM with named heads on its last hidden state (value, CoT embedding, ...)."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+        self.heads = nn.ModuleDict()
+
+    @classmethod
+    def from_pretrained(cls, path: str, config: ModelConfig) -> "Policy":
+        lm = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, config.dtype), trust_remote_code=config.trust_remote_code
+        )
+        if config.gradient_checkpointing:
+            lm.gradient_checkpointing_enable()
+            lm.config.use_cache = False
+        lm.train()  # from_pretrained returns eval mode; Lightning keeps whatever mode it finds
+        return cls(lm)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.lm.config.hidden_size
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_hidden: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``[B, T, V]`` and, if asked, the last hidden states ``[B, T, H]``.
+
+        Positions are counted from the first real token, so left-padded prompts see the
+        same positions as unpadded ones (generation does the same).
+        """
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.lm(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_hidden_states=return_hidden,
+            use_cache=False,
+        )
+        return out.logits, (out.hidden_states[-1] if return_hidden else None)

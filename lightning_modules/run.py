@@ -1,0 +1,234 @@
+"""Parse a run's configuration, build the model, data and trainer, and train.
+
+``scripts/train.py`` is a thin wrapper around :func:`main`. A user error (unknown method,
+bad override, unreadable data or checkpoint, impossible value) ends with one sentence on
+stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from callbacks import HuggingFaceExport
+from datamodules.reasoning import ReasoningDataModule
+from datamodules.records import DataError
+from lightning_modules import METHODS
+from lightning_modules.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrainerConfig,
+)
+from lightning_modules.policy import load_tokenizer, resolve_model_path
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RUN_NAME_ENV = "REASONING_RL_RUN_NAME"  # shared with DDP child processes, which re-run the script
+log = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for; the message is one sentence."""
+
+
+def build_parser(method: str) -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="train.py",
+        description=f"Train with --method {method}. Values come from configs/{method}.yaml, then --config files, then --key value overrides.",
+        exit_on_error=False,
+    )
+    parser.add_argument("--method", type=str, required=True, help=f"one of: {', '.join(METHODS)}")
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of overrides, applied in order")
+    parser.add_argument("--resume", type=str | None, default=None, help="run folder (or name under runs_dir) to continue from its last.ckpt")
+    parser.add_argument("--ckpt_path", type=str | None, default=None, help="a specific checkpoint to continue from; 'last' means the run's last.ckpt")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights-independent randomness: data order, sampling")
+    parser.add_argument("--run_name", type=str | None, default=None, help="folder name under runs_dir (default: method and start time)")
+    parser.add_argument("--runs_dir", type=str, default="runs", help="where run folders are written")
+    parser.add_class_arguments(ModelConfig, "model")
+    parser.add_class_arguments(DataConfig, "data")
+    parser.add_class_arguments(OptimConfig, "optim")
+    parser.add_class_arguments(TrainerConfig, "trainer")
+    parser.add_class_arguments(METHODS[method].Config, "algo")
+    return parser
+
+
+def parse_config(argv: Sequence[str]) -> tuple[RunConfig, str | None, ArgumentParser, object]:
+    """Return the run's config, the checkpoint to resume from (or None), the parser and its namespace."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method")
+    pre.add_argument("--resume")
+    pre.add_argument("--runs_dir", default="runs")
+    known, _ = pre.parse_known_args(argv)
+    argv = list(argv)
+    base_files: list[Path] = []
+    ckpt = None
+    if known.resume:
+        run_dir = resolve_run_dir(known.resume, known.runs_dir)
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        if known.method and known.method != saved["method"]:
+            raise UsageError(f"run {run_dir} was trained with --method {saved['method']}, not {known.method}")
+        known.method = saved["method"]
+        if "--method" not in argv:
+            argv += ["--method", known.method]
+        base_files = [run_dir / "config.yaml"]
+        ckpt = str(run_dir / "checkpoints" / "last.ckpt")
+        if not Path(ckpt).is_file():
+            raise UsageError(f"run {run_dir} has no checkpoints/last.ckpt to resume from")
+    if not known.method:
+        raise UsageError(f"--method is required: one of {', '.join(METHODS)}")
+    if known.method not in METHODS:
+        raise UsageError(f"unknown method {known.method!r}; choose one of {', '.join(METHODS)}")
+    if not base_files:
+        base_files = [CONFIGS / f"{known.method}.yaml"]
+    parser = build_parser(known.method)
+    parser.default_config_files = [str(f) for f in base_files if f.is_file()]
+    try:
+        namespace = parser.parse_args(argv)
+        objects = parser.instantiate(namespace)
+    except Exception as error:  # jsonargparse reports bad keys, types and values this way
+        raise UsageError(one_sentence(str(error))) from None
+    config = RunConfig(
+        method=objects.method,
+        seed=objects.seed,
+        run_name=objects.run_name,
+        runs_dir=objects.runs_dir,
+        model=objects.model,
+        data=objects.data,
+        optim=objects.optim,
+        trainer=objects.trainer,
+        algo=objects.algo,
+    )
+    config.validate()
+    if known.resume:
+        config.run_name = resolve_run_dir(known.resume, known.runs_dir).name
+        config.runs_dir = str(resolve_run_dir(known.resume, known.runs_dir).parent)
+    if namespace.ckpt_path:
+        ckpt = namespace.ckpt_path
+    return config, ckpt, parser, namespace
+
+
+def one_sentence(message: str) -> str:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return " ".join(lines).replace('Parser key "', 'option --').replace('":', ":")
+
+
+def resolve_run_dir(name_or_path: str, runs_dir: str) -> Path:
+    for candidate in (Path(name_or_path), Path(runs_dir) / name_or_path):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise UsageError(f"{name_or_path} is not a run folder (no config.yaml there or under {runs_dir}/)")
+
+
+def run_dir_of(config: RunConfig) -> Path:
+    if config.run_name is None:
+        # Children of a DDP launch re-run this script; they must pick the parent's folder.
+        config.run_name = os.environ.setdefault(RUN_NAME_ENV, f"{config.method}-{time.strftime('%Y%m%d-%H%M%S')}")
+    name = Path(config.run_name)
+    if name.is_absolute() or ".." in name.parts or len(name.parts) != 1:
+        raise UsageError(f"run_name {config.run_name!r} must be a plain folder name")
+    return Path(config.runs_dir) / name
+
+
+def build_trainer(config: RunConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+    tc = config.trainer
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="step{step:06d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=tc.checkpoint_every_n_steps,
+        save_top_k=-1,
+        save_last=True,
+    )
+    return L.Trainer(
+        max_steps=tc.max_steps,
+        max_epochs=-1,
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        num_nodes=tc.num_nodes,
+        strategy=tc.strategy,
+        precision=tc.precision,
+        gradient_clip_val=tc.gradient_clip_val or None,
+        val_check_interval=min(tc.val_every_n_steps, tc.max_steps),
+        check_val_every_n_epoch=None,
+        log_every_n_steps=tc.log_every_n_steps,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # the DataModule shards by rank itself (exact resume)
+        logger=TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard", default_hp_metric=False),
+        callbacks=[checkpoints, HuggingFaceExport(run_dir / "hf"), *callbacks],
+        default_root_dir=str(run_dir),
+        enable_model_summary=False,
+        # Metric states made during a validate() before fit must stay updatable in fit.
+        inference_mode=False,
+    )
+
+
+def train(config: RunConfig, ckpt_path: str | None = None, callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
+    """Train one run; return the final validation and test metrics."""
+    started = time.perf_counter()
+    run_dir = run_dir_of(config)
+    method = METHODS[config.method]
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    model_path = resolve_model_path(config.model)
+    tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
+    datamodule = ReasoningDataModule(config.data, tokenizer, method.train_batches, seed=config.seed)
+    datamodule.setup("fit")  # bad data fails here, before a model is loaded or a folder written
+    module = method(config, tokenizer, model_path)
+    trainer = build_trainer(config, run_dir, callbacks)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_dict(config), sort_keys=False))
+    before = {}
+    if ckpt_path is None:
+        before = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    after = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if datamodule.examples.get("test"):
+        after |= trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    if trainer.is_global_zero:
+        print(summary_line(config, run_dir, before, after, datamodule, time.perf_counter() - started))
+    return after
+
+
+def summary_line(config, run_dir, before, after, datamodule, seconds) -> str:
+    parts = [f"{config.method} finished in {seconds / 60:.1f} min."]
+    if "val/accuracy" in after:
+        start = f"{100 * before['val/accuracy']:.1f}% -> " if "val/accuracy" in before else ""
+        parts.append(f"Held-out accuracy: val {start}{100 * after['val/accuracy']:.1f}% ({len(datamodule.examples['val'])} questions)")
+    if "test/accuracy" in after:
+        parts[-1] += f", test {100 * after['test/accuracy']:.1f}% ({len(datamodule.examples['test'])} questions)."
+    parts.append(f"Run folder: {run_dir} (TensorBoard: tensorboard --logdir {config.runs_dir}); HF model: {run_dir / 'hf'}")
+    return " ".join(parts)
+
+
+def config_dict(config: RunConfig) -> dict:
+    out = asdict(config)
+    out["data"]["synthetic"]["operations"] = list(config.data.synthetic.operations)
+    out["optim"]["betas"] = list(config.optim.betas)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config, ckpt_path, _, _ = parse_config(argv)
+        train(config, ckpt_path)
+    except (UsageError, ConfigError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
