@@ -40,18 +40,18 @@ def load_split_records(config) -> dict[str, list[Record]]:
         splits = generate_splits(config.synthetic)
         return {
             "train": splits["train"],
-            "val": load_records_from(config, config.val_path) if config.val_path else splits["val"],
-            "test": load_records_from(config, config.test_path) if config.test_path else splits["test"],
+            "val": load_records_from(config, config.val_path, "validation") if config.val_path else splits["val"],
+            "test": load_records_from(config, config.test_path, "test") if config.test_path else splits["test"],
         }
-    train = load_records_from(config, config.path)
+    train = load_records_from(config, config.path, "train")
     if config.val_path:
-        val = load_records_from(config, config.val_path)
+        val = load_records_from(config, config.val_path, "validation")
     else:
         # A stable hash of the question picks the held-out set, independent of file order.
         ranked = sorted(train, key=lambda r: hashlib.sha1(r.question.encode()).hexdigest())
         val = ranked[: config.val_size]
     held_out = {r.question for r in val}
-    test = load_records_from(config, config.test_path) if config.test_path else []
+    test = load_records_from(config, config.test_path, "test") if config.test_path else []
     held_out |= {r.question for r in test}
     train = [r for r in train if r.question not in held_out]
     if not train:
@@ -59,10 +59,11 @@ def load_split_records(config) -> dict[str, list[Record]]:
     return {"train": train, "val": val, "test": test}
 
 
-def load_records_from(config, source: str) -> list[Record]:
+def load_records_from(config, source: str, hub_split: str) -> list[Record]:
+    """``hub_split`` is the split a hub data set is asked for; local files ignore it."""
     return load_records(
         source,
-        split="train" if source == config.path else "test",
+        split=hub_split,
         hub_config=config.hub_config,
         fmt=config.format,
         on_error=config.on_error,

@@ -52,7 +52,7 @@ class SyntheticConfig:
         # YAML hands over lists; a tuple keeps the frozen config hashable.
         object.__setattr__(self, "operations", tuple(self.operations))
         checks = [
-            (self.num_train >= 0, f"synthetic.num_train must be at least 0, got {self.num_train}"),
+            (self.num_train >= 1, f"synthetic.num_train must be at least 1, got {self.num_train}"),
             (self.num_val >= 1, f"synthetic.num_val must be at least 1, got {self.num_val}"),
             (self.num_test >= 1, f"synthetic.num_test must be at least 1, got {self.num_test}"),
             (1 <= self.min_steps <= MAX_STEPS,

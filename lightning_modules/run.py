@@ -12,18 +12,19 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
-import torch
+import transformers
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from callbacks import HuggingFaceExport
+from callbacks import HuggingFaceExport, StepProgressBar
 from datamodules.reasoning import ReasoningDataModule
 from datamodules.records import DataError
 from lightning_modules import METHODS
@@ -169,7 +170,7 @@ def build_trainer(config: RunConfig, run_dir: Path, callbacks: Sequence[L.Callba
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # the DataModule shards by rank itself (exact resume)
         logger=TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard", default_hp_metric=False),
-        callbacks=[checkpoints, HuggingFaceExport(run_dir / "hf"), *callbacks],
+        callbacks=[checkpoints, HuggingFaceExport(run_dir / "hf"), StepProgressBar(), *callbacks],
         default_root_dir=str(run_dir),
         enable_model_summary=False,
         # Metric states made during a validate() before fit must stay updatable in fit.
@@ -225,6 +226,10 @@ def config_dict(config: RunConfig) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    transformers.utils.logging.disable_progress_bar()  # per-file load/save bars drown the training bar
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # The DataModule saves and restores the data position itself (exact resume is tested).
+    warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
     try:
         config, ckpt_path, _, _ = parse_config(argv)
         train(config, ckpt_path)

@@ -101,3 +101,20 @@ def test_sft_on_a_source_without_chains_of_thought_is_refused(tokenizer, shared_
     with pytest.raises(DataError, match="no chains of thought"):
         ReasoningDataModule(config, tokenizer, "annotated").setup()
     ReasoningDataModule(config, tokenizer, "unlabeled").setup()  # fine for a label-free method
+
+
+def test_hub_sources_ask_for_the_split_of_their_role(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, config_name=None, split=None):
+        calls.append((name, config_name, split))
+        rows = [{"question": f"{split} question {i}?", "answer": f"1 + {i} = {i + 1}\n#### {i + 1}"} for i in range(30)]
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    splits = load_split_records(DataConfig(path="openai/gsm8k", hub_config="main", test_path="openai/gsm8k", val_size=5))
+    assert calls == [("openai/gsm8k", "main", "train"), ("openai/gsm8k", "main", "test")]
+    assert len(splits["val"]) == 5 and len(splits["train"]) == 25
+    assert all(r.question.startswith("test") for r in splits["test"])
