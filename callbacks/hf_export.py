@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import lightning as L
+
+from lightning_modules.policy import staged_folder
 
 
 class HuggingFaceExport(L.Callback):
@@ -22,18 +21,6 @@ class HuggingFaceExport(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            export(pl_module, self.folder)
-
-
-def export(pl_module: L.LightningModule, folder: Path) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
-        pl_module.policy.lm.save_pretrained(staging)
-        pl_module.tokenizer.save_pretrained(staging)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            with staged_folder(self.folder, replace=True) as staging:
+                pl_module.policy.lm.save_pretrained(staging)
+                pl_module.tokenizer.save_pretrained(staging)

@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,12 +32,27 @@ def embedded_model_dir(config: ModelConfig) -> Path:
     return Path(config.cache_dir) / f"embedded-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
-def build_embedded_model(config: EmbeddedModelConfig, folder: Path) -> None:
-    """Build the tiny Llama and its tokenizer from scratch and save both to ``folder``.
+@contextmanager
+def staged_folder(folder: Path, replace: bool = False) -> Iterator[Path]:
+    """Yield a fresh folder beside ``folder``; when the block succeeds, rename it into place.
 
-    The folder is written under a temporary name and renamed, so a build that dies half
-    way never leaves a folder that looks complete.
+    A write that dies half way never leaves a folder that looks complete, nor destroys a
+    good one. With ``replace``, an existing ``folder`` is swapped out; without, the rename
+    fails if another process got there first.
     """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        yield staging
+        if replace and folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def build_embedded_model(config: EmbeddedModelConfig, folder: Path) -> None:
+    """Build the tiny Llama and its tokenizer from scratch and save both to ``folder``."""
     from datamodules.prompts import tokenizer_corpus
     from datamodules.tokenizer import build_tokenizer
 
@@ -56,15 +73,9 @@ def build_embedded_model(config: EmbeddedModelConfig, folder: Path) -> None:
     torch.manual_seed(config.init_seed)
     model = LlamaForCausalLM(model_config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
+    with staged_folder(folder) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def resolve_model_path(config: ModelConfig) -> str:

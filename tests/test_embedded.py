@@ -57,3 +57,22 @@ def test_policy_positions_ignore_left_padding(model_cache):
     padded_logits, _ = policy(padded, torch.tensor([[0, 0, 1, 1, 1, 1]]))
     assert hidden.shape == (1, 4, 32)
     assert torch.allclose(logits, padded_logits[:, 2:], atol=1e-5)
+
+
+def test_a_folder_write_that_fails_leaves_the_old_folder_intact(tmp_path):
+    from lightning_modules.policy import staged_folder
+
+    target = tmp_path / "hf"
+    with staged_folder(target) as staging:
+        (staging / "model").write_text("good")
+    try:
+        with staged_folder(target, replace=True) as staging:
+            (staging / "model").write_text("half")
+            raise KeyboardInterrupt  # killed during the export
+    except KeyboardInterrupt:
+        pass
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"], "no staging folder is left behind"
+    assert (target / "model").read_text() == "good"
+    with staged_folder(target, replace=True) as staging:
+        (staging / "model").write_text("new")
+    assert (target / "model").read_text() == "new"
