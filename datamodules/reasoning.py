@@ -76,6 +76,8 @@ class ReasoningDataModule(L.LightningDataModule):
         super().__init__()
         self.config, self.tokenizer, self.train_batches, self.seed = config, tokenizer, train_batches, seed
         self.examples: dict[str, list[Example]] = {}
+        self.overlong_counts: dict[str, int] = {}
+        """Examples over the token limits, per split and kind (``train_prompt``, ...)."""
         self.consumed_batches = 0
         """Training batches handed to the model so far; saved in checkpoints to resume exactly."""
 
@@ -102,10 +104,10 @@ class ReasoningDataModule(L.LightningDataModule):
         examples, too_long = [], {"prompt": 0, "target": 0}
         for index, (record, prompt, target) in enumerate(zip(records, prompts, targets)):
             target = target + [tok.eos_token_id] if record.chain_of_thought else []
-            for kind, ids, limit in (("prompt", prompt, cfg.max_prompt_tokens), ("target", target, cfg.max_target_tokens)):
-                if len(ids) > limit:
-                    too_long[kind] += 1
-            if len(prompt) > cfg.max_prompt_tokens or len(target) > cfg.max_target_tokens:
+            over = [kind for kind, ids, limit in (("prompt", prompt, cfg.max_prompt_tokens), ("target", target, cfg.max_target_tokens)) if len(ids) > limit]
+            for kind in over:
+                too_long[kind] += 1
+            if over:
                 if cfg.overlong == "drop":
                     continue
                 # Truncation keeps the end of a prompt (the question) and the start of a target.
@@ -118,7 +120,7 @@ class ReasoningDataModule(L.LightningDataModule):
                     "%s %d of %d %s examples whose %s exceeds data.max_%s_tokens=%d",
                     action, count, len(records), split, kind, kind, getattr(cfg, f"max_{kind}_tokens"),
                 )
-        self.overlong_counts = getattr(self, "overlong_counts", {}) | {f"{split}_{k}": v for k, v in too_long.items()}
+        self.overlong_counts |= {f"{split}_{k}": v for k, v in too_long.items()}
         return examples
 
     # ---- batches -----------------------------------------------------------------------

@@ -77,7 +77,7 @@ def parse_config(argv: Sequence[str]) -> tuple[RunConfig, str | None, ArgumentPa
     known, _ = pre.parse_known_args(argv)
     argv = list(argv)
     base_files: list[Path] = []
-    ckpt = None
+    ckpt, run_dir = None, None
     if known.resume:
         run_dir = resolve_run_dir(known.resume, known.runs_dir)
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -115,9 +115,8 @@ def parse_config(argv: Sequence[str]) -> tuple[RunConfig, str | None, ArgumentPa
         algo=objects.algo,
     )
     config.validate()
-    if known.resume:
-        config.run_name = resolve_run_dir(known.resume, known.runs_dir).name
-        config.runs_dir = str(resolve_run_dir(known.resume, known.runs_dir).parent)
+    if run_dir is not None:
+        config.run_name, config.runs_dir = run_dir.name, str(run_dir.parent)
     if namespace.ckpt_path:
         ckpt = namespace.ckpt_path
     return config, ckpt, parser, namespace
