@@ -199,6 +199,8 @@ class RunConfig:
     seed: int = 0
     run_name: str | None = None
     runs_dir: str = "runs"
+    warmup_run: str | None = None
+    """Start from the hf/ export of this SFT run under runs_dir, training it first (configs/sft.yaml, same model and data) if it does not exist."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

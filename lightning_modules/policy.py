@@ -125,9 +125,12 @@ class Policy(nn.Module):
         return self.lm.config.hidden_size
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_hidden: bool = False
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_hidden: bool = False, logits_to_keep: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits ``[B, T, V]`` and, if asked, the last hidden states ``[B, T, H]``.
+
+        ``logits_to_keep > 0`` computes logits for the last that many positions only (the
+        vocabulary projection of prompt positions is wasted work when scoring responses).
 
         Positions are counted from the first real token, so left-padded prompts see the
         same positions as unpadded ones (generation does the same).
@@ -139,5 +142,6 @@ class Policy(nn.Module):
             position_ids=position_ids,
             output_hidden_states=return_hidden,
             use_cache=False,
+            **({"logits_to_keep": logits_to_keep} if logits_to_keep else {}),
         )
         return out.logits, (out.hidden_states[-1] if return_hidden else None)

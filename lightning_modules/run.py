@@ -14,7 +14,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import lightning as L
@@ -60,6 +60,12 @@ def build_parser(method: str) -> ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of weights-independent randomness: data order, sampling")
     parser.add_argument("--run_name", type=str | None, default=None, help="folder name under runs_dir (default: method and start time)")
     parser.add_argument("--runs_dir", type=str, default="runs", help="where run folders are written")
+    parser.add_argument(
+        "--warmup_run",
+        type=str | None,
+        default=None,
+        help="start from the hf/ export of this SFT run under runs_dir, training it first if missing; null starts from model.name_or_path",
+    )
     parser.add_class_arguments(ModelConfig, "model")
     parser.add_class_arguments(DataConfig, "data")
     parser.add_class_arguments(OptimConfig, "optim")
@@ -108,6 +114,7 @@ def parse_config(argv: Sequence[str]) -> tuple[RunConfig, str | None, ArgumentPa
         seed=objects.seed,
         run_name=objects.run_name,
         runs_dir=objects.runs_dir,
+        warmup_run=objects.warmup_run,
         model=objects.model,
         data=objects.data,
         optim=objects.optim,
@@ -144,7 +151,9 @@ def run_dir_of(config: RunConfig) -> Path:
     return Path(config.runs_dir) / name
 
 
-def build_trainer(config: RunConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+def build_trainer(
+    config: RunConfig, run_dir: Path, callbacks: Sequence[L.Callback] = (), manual_optimization: bool = False
+) -> L.Trainer:
     tc = config.trainer
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -162,7 +171,8 @@ def build_trainer(config: RunConfig, run_dir: Path, callbacks: Sequence[L.Callba
         num_nodes=tc.num_nodes,
         strategy=tc.strategy,
         precision=tc.precision,
-        gradient_clip_val=tc.gradient_clip_val or None,
+        # Methods with manual optimisation (the RL ones) clip by hand; Lightning refuses both.
+        gradient_clip_val=None if manual_optimization else (tc.gradient_clip_val or None),
         val_check_interval=min(tc.val_every_n_steps, tc.max_steps),
         check_val_every_n_epoch=None,
         log_every_n_steps=tc.log_every_n_steps,
@@ -183,18 +193,20 @@ def train(config: RunConfig, ckpt_path: str | None = None, callbacks: Sequence[L
     run_dir = run_dir_of(config)
     method = METHODS[config.method]
     L.seed_everything(config.seed, workers=True, verbose=False)
-    model_path = resolve_model_path(config.model)
+    model_path = initial_model_path(config)
     tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
     datamodule = ReasoningDataModule(config.data, tokenizer, method.train_batches, seed=config.seed)
     datamodule.setup("fit")  # bad data fails here, before a model is loaded or a folder written
     module = method(config, tokenizer, model_path)
-    trainer = build_trainer(config, run_dir, callbacks)
+    trainer = build_trainer(config, run_dir, callbacks, manual_optimization=not module.automatic_optimization)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_dict(config), sort_keys=False))
     before = {}
     if ckpt_path is None:
         before = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        if datamodule.examples.get("test"):
+            before |= trainer.test(module, datamodule=datamodule, verbose=False)[0]
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     after = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if datamodule.examples.get("test"):
@@ -204,13 +216,43 @@ def train(config: RunConfig, ckpt_path: str | None = None, callbacks: Sequence[L
     return after
 
 
+def initial_model_path(config: RunConfig) -> str:
+    """What the policy (and the reference policy) start from: the warm-up run's export when
+    ``warmup_run`` is set, training that run first if it does not exist yet."""
+    if config.warmup_run is None:
+        return resolve_model_path(config.model)
+    name = Path(config.warmup_run)
+    if name.is_absolute() or ".." in name.parts or len(name.parts) != 1:
+        raise UsageError(f"warmup_run {config.warmup_run!r} must be a plain folder name under runs_dir")
+    warmup_dir = Path(config.runs_dir) / name
+    export = warmup_dir / "hf"
+    if (export / "config.json").is_file():
+        return str(export)
+    if warmup_dir.exists():
+        raise UsageError(
+            f"warm-up run {warmup_dir} has no hf/ export (it did not finish); continue it with "
+            f"`python scripts/train.py --resume {warmup_dir}` or remove the folder"
+        )
+    argv = ["--method", "sft", "--run_name", config.warmup_run, "--runs_dir", config.runs_dir]
+    warmup, _, _, _ = parse_config(argv)
+    warmup.model = config.model  # the same base model and the same questions as the run it serves
+    loader_knobs = ("batch_size", "bucket_batches", "eval_batch_size", "num_workers")  # the warm-up keeps its own
+    warmup.data = replace(config.data, **{k: getattr(warmup.data, k) for k in loader_knobs})
+    print(f"No SFT warm-up at {export}: training it first (configs/sft.yaml; later runs reuse it).", file=sys.stderr)
+    train(warmup)
+    return str(export)
+
+
 def summary_line(config, run_dir, before, after, datamodule, seconds) -> str:
     parts = [f"{config.method} finished in {seconds / 60:.1f} min."]
+    def change(key: str) -> str:
+        start = f"{100 * before[key]:.1f}% -> " if key in before else ""
+        return f"{start}{100 * after[key]:.1f}%"
+
     if "val/accuracy" in after:
-        start = f"{100 * before['val/accuracy']:.1f}% -> " if "val/accuracy" in before else ""
-        parts.append(f"Held-out accuracy: val {start}{100 * after['val/accuracy']:.1f}% ({len(datamodule.examples['val'])} questions)")
+        parts.append(f"Held-out accuracy: val {change('val/accuracy')} ({len(datamodule.examples['val'])} questions)")
     if "test/accuracy" in after:
-        parts[-1] += f", test {100 * after['test/accuracy']:.1f}% ({len(datamodule.examples['test'])} questions)."
+        parts[-1] += f", test {change('test/accuracy')} ({len(datamodule.examples['test'])} questions)."
     parts.append(f"Run folder: {run_dir} (TensorBoard: tensorboard --logdir {config.runs_dir}); HF model: {run_dir / 'hf'}")
     return " ".join(parts)
 
@@ -229,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # The DataModule saves and restores the data position itself (exact resume is tested).
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
+    # RL checkpoints are taken after a rollout's updates, which is the state resume needs.
+    warnings.filterwarnings("ignore", message=r".*ModelCheckpoint with manual optimization.*")
     try:
         config, ckpt_path, _, _ = parse_config(argv)
         train(config, ckpt_path)

@@ -1,0 +1,196 @@
+"""CARFT (spec section 3): PPO plus a learned representation of each chain of thought and
+contrastive signals between the annotated CoT and the sampled ones (Zhu et al. 2025)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lightning_modules.config import ConfigError, require
+from lightning_modules.distributed import gather_rows
+from lightning_modules.heads import build_head
+from lightning_modules.losses import (
+    carft_negative_loss,
+    carft_positive_loss,
+    lcs_masks_batch,
+    masked_mean,
+    partial_reward,
+    pool_cot,
+    reinforce_loss,
+    representation_mse,
+    supcon_loss,
+    triplet_loss,
+)
+from lightning_modules.ppo import PPOConfig, PPOModule
+from lightning_modules.rl_base import Rollout
+
+
+@dataclass
+class CARFTConfig(PPOConfig):
+    """CARFT knobs; defaults are the authors' final choices unless marked as a seed option."""
+
+    head: str = "shared"
+    """CoT head: shared (V read from the embedding, the authors' final head), separate, or mlp (the seed's encoder)."""
+    embed_dim: int = 64
+    """Width d of the CoT embedding e_t (CARFT: 64; the mlp head uses its own 256)."""
+    pooling: str = "value_softmax"
+    """How token embeddings become one vector: value_softmax (CARFT), mean or last."""
+    objective: str = "infonce"
+    """Contrastive objective: infonce (CARFT's positive and negative signals), triplet or supcon (seed options)."""
+    lambda_cl: float = 0.1
+    """Weight of the contrastive loss (CARFT swept 0.001 to 1; 0.1 is its default)."""
+    positive: bool = True
+    """Use the positive signal (annotated CoT vs correct samples)."""
+    negative: bool = True
+    """Use the negative signal (LCS pieces of incorrect samples)."""
+    tau: float = 0.2
+    """InfoNCE temperature (CARFT: 0.2)."""
+    clamp: float = 0.9
+    """Cap on the numerator's cosine: stop pulling once this similar (CARFT: 0.9)."""
+    partial_reward: bool = True
+    """Embedding-enhanced partial reward for wrong answers: 0.1 * cos(z_ann, z) + 0.2 (CARFT)."""
+    mse_weight: float = 0.0
+    """Weight of the seed's MSE regulariser between sampled and annotated representations (seed: 0.1; off in CARFT)."""
+    triplet_margin: float = 0.5
+    """Margin of the triplet objective (seed: 0.5)."""
+    seed_temperature: float = 0.07
+    """Temperature of the triplet and supcon objectives (seed: 0.07)."""
+    rl: str = "ppo"
+    """ppo (CARFT) or reinforce (the seed's -(log-prob x reward) averaged over response tokens)."""
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.head in ("shared", "separate", "mlp"), f"algo.head must be shared, separate or mlp, got {self.head!r}")
+        require(self.embed_dim > 0, f"algo.embed_dim must be positive, got {self.embed_dim}")
+        require(self.pooling in ("value_softmax", "mean", "last"), f"algo.pooling must be value_softmax, mean or last, got {self.pooling!r}")
+        require(self.objective in ("infonce", "triplet", "supcon"), f"algo.objective must be infonce, triplet or supcon, got {self.objective!r}")
+        require(self.lambda_cl >= 0, f"algo.lambda_cl must be >= 0, got {self.lambda_cl}")
+        require(self.positive or self.negative, "algo.positive and algo.negative are both off; set algo.lambda_cl 0 to drop the contrastive loss")
+        require(self.tau > 0, f"algo.tau must be positive, got {self.tau}")
+        require(-1 <= self.clamp <= 1, f"algo.clamp must lie in [-1, 1], got {self.clamp}")
+        require(self.mse_weight >= 0, f"algo.mse_weight must be >= 0, got {self.mse_weight}")
+        require(self.seed_temperature > 0, f"algo.seed_temperature must be positive, got {self.seed_temperature}")
+        require(self.rl in ("ppo", "reinforce"), f"algo.rl must be ppo or reinforce, got {self.rl!r}")
+
+
+class CARFTModule(PPOModule):
+    name = "carft"
+    Config = CARFTConfig
+    head_key = "cot"
+
+    def build_heads(self) -> None:
+        self.policy.heads[self.head_key] = build_head(self.algo.head, self.policy.hidden_size, self.algo.embed_dim)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and datamodule is not None:
+            missing = sum(not e.has_chain_of_thought for e in datamodule.examples["train"])
+            if missing:
+                raise ConfigError(
+                    f"CARFT needs an annotated chain of thought for every training question, and {missing} have none "
+                    f"(data.path {self.config.data.path}); use annotated data such as ReFT's files"
+                )
+
+    def pool(self, embeddings: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return pool_cot(embeddings, values, mask, self.algo.pooling)
+
+    # ---- rollout time (no gradient) ------------------------------------------------------------
+    def annotate(self, rollout: Rollout, embeddings: torch.Tensor) -> None:
+        """Annotated representations (a constant target), LCS pieces and the cosines the partial
+        reward needs; run once per rollout."""
+        target_ids, target_mask = rollout["target_ids"], rollout["target_mask"]
+        prompt_mask = rollout["attention_mask"][:, : rollout.prompt_length]
+        input_ids = torch.cat([rollout["input_ids"][:, : rollout.prompt_length], target_ids], dim=1)
+        _, hidden = self.response_forward(self.policy, input_ids, torch.cat([prompt_mask, target_mask], dim=1), target_ids.size(1), hidden=True)
+        values_annotated, embeddings_annotated = self.head(hidden)
+        rollout["z_annotated"] = self.pool(embeddings_annotated, values_annotated, target_mask)
+
+        response_mask = rollout["response_mask"]
+        z_sampled = self.pool(embeddings, rollout["values_old"], response_mask)
+        rollout["cos_annotated"] = F.cosine_similarity(rollout["z_annotated"], z_sampled, dim=-1, eps=1e-8)
+        correct = rollout["correct"]
+        rollout.metrics["cos_correct"] = masked_mean(rollout["cos_annotated"], correct)
+        rollout.metrics["cos_incorrect"] = masked_mean(rollout["cos_annotated"], ~correct)
+
+        # LCS of the annotated CoT and every incorrect response, once per rollout (token ids do
+        # not change across the updates).
+        started = time.perf_counter()
+        lcs_annotated = torch.zeros_like(target_mask, dtype=torch.bool)
+        lcs_response = torch.zeros_like(response_mask, dtype=torch.bool)
+        rows = (~correct).nonzero().squeeze(-1)
+        if self.algo.objective == "infonce" and self.algo.negative and rows.numel():
+            in_a, in_b = lcs_masks_batch(target_ids[rows], rollout["response_ids"][rows], target_mask[rows].sum(-1), response_mask[rows].sum(-1))
+            lcs_annotated[rows], lcs_response[rows] = in_a.to(self.device), in_b.to(self.device)
+        rollout.metrics["lcs_s"] = torch.tensor(time.perf_counter() - started)
+        rollout["lcs_response"] = lcs_response
+        unmatched_annotated = target_mask.bool() & ~lcs_annotated
+        rollout["z_unmatched_annotated"] = self.pool(embeddings_annotated, values_annotated, unmatched_annotated)
+        rollout["negative_valid"] = (
+            ~correct
+            & lcs_response.any(-1)
+            & unmatched_annotated.any(-1)
+            & (response_mask.bool() & ~lcs_response).any(-1)
+        )
+
+    def sequence_rewards(self, rollout: Rollout) -> torch.Tensor:
+        rewards = super().sequence_rewards(rollout)
+        if not self.algo.partial_reward:
+            rollout.metrics["partial_rewards_changed"] = torch.zeros(())
+            return rewards
+        enhanced = partial_reward(rewards, rollout["cos_annotated"])
+        rollout.metrics["partial_rewards_changed"] = (enhanced != rewards).sum().float()
+        return enhanced
+
+    # ---- update (with gradient) -------------------------------------------------------------------
+    def rl_loss(self, minibatch: Rollout, logp: torch.Tensor, values: torch.Tensor):
+        if self.algo.rl == "ppo":
+            return super().rl_loss(minibatch, logp, values)
+        loss = reinforce_loss(logp, minibatch["rewards"], minibatch["response_mask"])
+        return loss, {"policy_loss": loss.detach()}
+
+    def extra_loss(self, minibatch: Rollout, values: torch.Tensor, embeddings: torch.Tensor):
+        algo, mask = self.algo, minibatch["response_mask"].bool()
+        correct = minibatch["correct"]
+        z = self.pool(embeddings, values, mask)
+        use_negative = algo.objective == "infonce" and algo.negative
+        parts = [z]
+        if use_negative:
+            valid = minibatch["negative_valid"]
+            z_matched = self.pool(embeddings, values, mask & minibatch["lcs_response"])
+            z_unmatched = self.pool(embeddings, values, mask & ~minibatch["lcs_response"])
+            parts.append(z_unmatched[valid])
+        # With gradient: other ranks' samples are candidates too, and their gradients go home.
+        gathered = gather_rows(*parts)
+        z_all = gathered[0]
+        # Every rank's loss must reach the gathered tensors (their backward is a collective),
+        # also when this rank has no correct or no incorrect sample.
+        touch = 0.0 * sum(g.sum() for g in gathered)
+        metrics: dict[str, torch.Tensor] = {}
+        if algo.objective == "infonce":
+            terms = []
+            if algo.positive:
+                loss_pos = carft_positive_loss(minibatch["z_annotated"], z_all, correct, algo.tau, algo.clamp)
+                terms.append(loss_pos)
+                metrics["loss_pos"] = loss_pos.detach()
+            if use_negative:
+                loss_neg = carft_negative_loss(minibatch["z_unmatched_annotated"], z_matched, gathered[1], valid, algo.tau, algo.clamp)
+                terms.append(loss_neg)
+                metrics["loss_neg"] = loss_neg.detach()
+            contrastive = sum(terms) / len(terms)  # 0.5 * (L_pos + L_neg) when both are on
+        elif algo.objective == "triplet":
+            (correct_all,) = gather_rows(correct.float())
+            contrastive = triplet_loss(minibatch["z_annotated"], z_all, correct_all.bool(), algo.triplet_margin, algo.seed_temperature)
+        else:
+            correct_all, z_annotated_all = gather_rows(correct.float()), gather_rows(minibatch["z_annotated"])
+            labels = torch.cat([correct_all[0], torch.ones(len(z_annotated_all[0]), device=z.device)])
+            contrastive = supcon_loss(torch.cat([z_all, z_annotated_all[0]]), labels, algo.seed_temperature)
+        metrics["loss_cl"] = contrastive.detach()
+        loss = algo.lambda_cl * contrastive + touch
+        if algo.mse_weight > 0:
+            mse = representation_mse(z, minibatch["z_annotated"])
+            metrics["loss_mse"] = mse.detach()
+            loss = loss + algo.mse_weight * mse
+        return loss, metrics

@@ -1,0 +1,271 @@
+"""The shared RL base: rollout, scoring, a fixed number of updates per rollout, and logging.
+
+One training step of an RL method is one rollout batch followed by ``ppo_epochs x
+minibatches`` optimizer updates; ``trainer.max_steps``, validation, checkpoints, the
+learning-rate schedule and the TensorBoard x-axis all count rollouts. A method says only
+what differs: which heads it adds (:meth:`build_heads`), how a rollout is scored
+(:meth:`score`, under no gradient) and the loss of a minibatch (:meth:`loss`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_modules.base import ReasoningModule
+from lightning_modules.config import require
+from lightning_modules.distributed import all_reduce_mean
+from lightning_modules.losses import entropy_from_logits, masked_mean, token_logprobs
+from lightning_modules.policy import Policy
+from lightning_modules.rollout import check_answers, decode, response_mask
+
+
+@dataclass
+class RLConfig:
+    """Rollout and update settings every RL method shares."""
+
+    samples_per_prompt: int = 1
+    """Responses sampled per question (ReFT / CARFT: 1)."""
+    temperature: float = 1.0
+    """Sampling temperature (ReFT / CARFT: 1.0)."""
+    top_k: int = 0
+    """Top-k sampling; 0 is off (ReFT)."""
+    top_p: float = 1.0
+    """Nucleus sampling; 1.0 is off (ReFT)."""
+    score_temperature: float | None = None
+    """Temperature of the log-probs used in the loss; null means the sampling temperature (spec section 0)."""
+    ppo_epochs: int = 2
+    """Passes over each rollout batch (ReFT: 2)."""
+    minibatches: int = 1
+    """Optimizer updates per pass; the rollout's samples are split into this many parts."""
+
+    def validate(self) -> None:
+        require(self.samples_per_prompt >= 1, f"algo.samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
+        require(self.temperature > 0, f"algo.temperature must be positive, got {self.temperature}")
+        require(self.top_k >= 0, f"algo.top_k must be >= 0, got {self.top_k}")
+        require(0 < self.top_p <= 1, f"algo.top_p must lie in (0, 1], got {self.top_p}")
+        require(self.score_temperature is None or self.score_temperature > 0, f"algo.score_temperature must be positive, got {self.score_temperature}")
+        require(self.ppo_epochs >= 1, f"algo.ppo_epochs must be >= 1, got {self.ppo_epochs}")
+        require(self.minibatches >= 1, f"algo.minibatches must be >= 1, got {self.minibatches}")
+
+
+@dataclass
+class Rollout:
+    """One rollout batch: every tensor has one row per sampled response.
+
+    ``input_ids``/``attention_mask`` are prompt (left-padded, ``prompt_length`` columns) then
+    response (right-padded); ``response_ids``/``response_mask`` are the response columns.
+    Methods add their own per-sample tensors (``logp_old``, ``advantages``, ...) to ``tensors``.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    prompt_length: int
+    texts: list[str] = field(default_factory=list)
+    predictions: list[float | None] = field(default_factory=list)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.tensors["input_ids"].size(0)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.tensors[key]
+
+    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        self.tensors[key] = value
+
+    def select(self, rows: torch.Tensor) -> "Rollout":
+        return Rollout({k: v[rows] for k, v in self.tensors.items()}, self.prompt_length)
+
+
+@contextmanager
+def eval_mode(module: nn.Module):
+    """Sampling and scoring run in eval mode (no dropout), then the previous mode returns."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+class RLModule(ReasoningModule):
+    """Base of PPO, CARFT, GRPO and RLSC; manual optimisation with a fixed update count."""
+
+    Config = RLConfig
+    train_batches = "labeled"
+    uses_reference: bool = False
+    """Whether :meth:`score` needs the frozen reference policy (loaded only then)."""
+
+    def __init__(self, config, tokenizer, model_path: str) -> None:
+        super().__init__(config, tokenizer, model_path)
+        self.automatic_optimization = False
+        self.algo = config.algo
+        require(
+            not config.trainer.precision.startswith("16"),
+            f"RL methods clip gradients by hand, which fp16 loss scaling does not support; use bf16-mixed, not {config.trainer.precision}",
+        )
+        require(
+            config.data.batch_size * self.algo.samples_per_prompt >= self.algo.minibatches,
+            f"algo.minibatches ({self.algo.minibatches}) is more than the samples per rollout "
+            f"(data.batch_size x algo.samples_per_prompt = {config.data.batch_size * self.algo.samples_per_prompt})",
+        )
+        self.build_heads()
+        # Kept in a list so that it is not a submodule: no optimizer state, not in checkpoints,
+        # not wrapped by DDP. It is the starting policy (spec section 0), loaded again from disk.
+        self._reference: list[Policy] = []
+        if self.uses_reference:
+            reference = Policy.from_pretrained(model_path, config.model).eval().requires_grad_(False)
+            self._reference.append(reference)
+
+    # ---- what a method says -------------------------------------------------------------
+    def build_heads(self) -> None:
+        """Add heads to ``self.policy.heads`` (none by default)."""
+
+    def score(self, rollout: Rollout) -> None:
+        """Add what the loss needs to ``rollout`` (old log-probs, advantages, ...); no gradient."""
+        raise NotImplementedError
+
+    def loss(self, minibatch: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one minibatch, with gradient, and metrics to average over the updates."""
+        raise NotImplementedError
+
+    # ---- shared machinery -----------------------------------------------------------------
+    @property
+    def reference(self) -> Policy:
+        return self._reference[0]
+
+    @property
+    def score_temperature(self) -> float:
+        return self.algo.score_temperature or self.algo.temperature
+
+    def on_fit_start(self) -> None:
+        dtype = next(self.policy.parameters()).dtype
+        for reference in self._reference:
+            reference.to(device=self.device, dtype=dtype)
+
+    def sampling_seed(self) -> int:
+        """Sampling depends only on (seed, rank, step): ranks differ, and a resumed run draws
+        the same responses an uninterrupted one would have."""
+        return (self.config.seed * 1_000_003 + self.global_rank) * 1_000_003 + self.global_step
+
+    @torch.no_grad()
+    def rollout(self, batch: dict[str, torch.Tensor]) -> Rollout:
+        """Sample responses for every question of the batch (no gradient, eval mode)."""
+        n = self.algo.samples_per_prompt
+        prompt_ids = batch["prompt_ids"].repeat_interleave(n, 0)
+        prompt_mask = batch["prompt_mask"].repeat_interleave(n, 0)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with eval_mode(self.policy), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.sampling_seed())
+            sequences = self.policy.lm.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                max_new_tokens=self.config.trainer.max_new_tokens,
+                do_sample=True,
+                temperature=self.algo.temperature,
+                top_k=self.algo.top_k,
+                top_p=self.algo.top_p,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                use_cache=True,
+            )
+        response_ids = sequences[:, prompt_ids.size(1) :]
+        mask = response_mask(response_ids, self.tokenizer.eos_token_id)
+        tensors = {
+            "input_ids": sequences,
+            "attention_mask": torch.cat([prompt_mask, mask], dim=1),
+            "response_ids": response_ids,
+            "response_mask": mask,
+            "question": batch["index"].repeat_interleave(n, 0),
+        }
+        for key in ("answer", "target_ids", "target_mask"):
+            if key in batch:
+                tensors[key] = batch[key].repeat_interleave(n, 0)
+        rollout = Rollout(tensors, prompt_length=prompt_ids.size(1))
+        rollout.texts = decode(self.tokenizer, response_ids, mask)
+        if "answer" in batch:
+            rollout.predictions, correct = check_answers(rollout.texts, tensors["answer"])
+            rollout["correct"] = correct.to(self.device)
+        return rollout
+
+    def response_forward(
+        self, policy: Policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, hidden: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``[N, T, V]`` that score the last ``response_length`` tokens (``logits[:, t]``
+        scores response token t) and, if asked, the hidden states they come from, ``[N, T, H]``."""
+        logits, states = policy(input_ids, attention_mask, return_hidden=hidden, logits_to_keep=response_length + 1)
+        logits = logits[:, :-1]
+        if states is not None:
+            states = states[:, -response_length - 1 : -1]
+        return logits, states
+
+    def logprobs(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return token_logprobs(logits, tokens, self.score_temperature)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        started = time.perf_counter()
+        rollout = self.rollout(batch)
+        with torch.no_grad(), eval_mode(self.policy):
+            self.score(rollout)
+        self.count_tokens(int(rollout["attention_mask"].sum()))
+        scored = time.perf_counter()
+
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        updates = self.algo.ppo_epochs * self.algo.minibatches
+        generator = torch.Generator().manual_seed(self.sampling_seed())
+        # Every rank runs exactly `updates` optimizer steps: a data-dependent skip would leave
+        # the other ranks waiting in the gradient all-reduce (DDP hangs).
+        done = 0
+        for _ in range(self.algo.ppo_epochs):
+            order = torch.randperm(len(rollout), generator=generator) if self.algo.minibatches > 1 else torch.arange(len(rollout))
+            for part in torch.tensor_split(order, self.algo.minibatches):
+                loss, metrics = self.loss(rollout.select(part.to(self.device)))
+                optimizer.zero_grad(set_to_none=True)
+                self.manual_backward(loss)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.config.trainer.gradient_clip_val or float("inf"))
+                done += 1
+                self.optimizer_update(optimizer, last=done == updates)
+                metrics = {"loss": loss.detach(), "grad_norm": grad_norm.detach(), **metrics}
+                for key, value in metrics.items():
+                    sums[key] = sums[key] + value.detach().float() / updates
+        scheduler.step()
+        updated = time.perf_counter()
+
+        logged = {f"train/{k}": v for k, v in {**rollout.metrics, **sums}.items()}
+        logged["perf/rollout_s"] = torch.tensor(scored - started)
+        logged["perf/update_s"] = torch.tensor(updated - scored)
+        self.log_metrics(logged)
+        self.log("train/lr", scheduler.get_last_lr()[0], batch_size=len(rollout))
+
+    def optimizer_update(self, optimizer, last: bool) -> None:
+        """Lightning counts one step per ``LightningOptimizer.step``. One RL step is one rollout,
+        so the earlier updates step the wrapped optimizer through the strategy (same precision
+        handling) and only the last update of the rollout is counted."""
+        if last:
+            optimizer.step()
+        else:
+            self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None, model=self)
+
+    def log_metrics(self, metrics: dict[str, Any]) -> None:
+        """Average over ranks with one all-reduce, then log (every rank logs the same keys)."""
+        keys = sorted(metrics)
+        values = torch.stack([torch.as_tensor(metrics[k], dtype=torch.float32, device=self.device).reshape(()) for k in keys])
+        values = all_reduce_mean(values).cpu()
+        progress = {"train/reward", "train/accuracy"}
+        for key, value in zip(keys, values.tolist()):
+            self.log(key, value, prog_bar=key in progress, batch_size=1)
+
+    # ---- metrics the field reports for every RL method -------------------------------------
+    def rollout_metrics(self, rollout: Rollout, logits: torch.Tensor) -> None:
+        mask = rollout["response_mask"]
+        rollout.metrics["response_length"] = mask.sum(-1).float().mean()
+        rollout.metrics["entropy"] = masked_mean(entropy_from_logits(logits / self.score_temperature), mask)
+        if "correct" in rollout.tensors:
+            rollout.metrics["accuracy"] = rollout["correct"].float().mean()

@@ -1,0 +1,133 @@
+"""PPO and CARFT end to end on the tiny embedded model: updates, logging, checkpoints, resume."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_modules.run import main, parse_config, train
+from tests.runs import checkpoint_state, scalars
+
+# Start from the tiny embedded model itself (configs/<method>.yaml would train an SFT warm-up first).
+RL_ARGS = ["--warmup_run", "null", "--data.batch_size", "4", "--optim.warmup_steps", "0", "--optim.weight_decay", "0", "--optim.lr", "1e-3"]
+
+
+class Snapshot(L.Callback):
+    """Keeps the trainable parameters and the reference policy at the start and the end of fit."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
+        self.reference_start = {n: p.detach().clone() for n, p in pl_module.reference.named_parameters()}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.end = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
+        self.reference_end = {n: p.detach().clone() for n, p in pl_module.reference.named_parameters()}
+        self.module = pl_module
+
+
+@pytest.mark.parametrize("head", ["shared", "separate", "mlp"])
+def test_one_carft_step_moves_every_trainable_parameter_but_not_the_reference(tiny_args, tmp_path, head):
+    argv = ["--method", "carft", "--run_name", "one", "--trainer.max_steps", "1", "--algo.head", head, *RL_ARGS, *tiny_args]
+    config, _, _, _ = parse_config(argv)
+    snapshot = Snapshot()
+    train(config, callbacks=[snapshot])
+    assert any(n.startswith("policy.heads.cot.") for n in snapshot.start), "the CoT head is trainable"
+    for name, before in snapshot.start.items():
+        assert not torch.equal(before, snapshot.end[name]), f"{name} did not change after one CARFT step"
+    for name, before in snapshot.reference_start.items():
+        assert torch.equal(before, snapshot.reference_end[name]), f"reference {name} changed"
+    assert not any(p.requires_grad for p in snapshot.module.reference.parameters())
+
+
+def test_carft_checkpoint_holds_one_policy_its_head_and_optimizer_state(tiny_args, tmp_path):
+    argv = ["--method", "carft", "--run_name", "ckpt", "--trainer.max_steps", "2", "--trainer.checkpoint_every_n_steps", "2",
+            *RL_ARGS, *tiny_args]
+    config, _, _, _ = parse_config(argv)
+    snapshot = Snapshot()
+    train(config, callbacks=[snapshot])
+    checkpoint = torch.load(tmp_path / "runs" / "ckpt" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    trainable = sum(p.numel() for p in snapshot.end.values())
+    reference = sum(p.numel() for p in snapshot.reference_end.values())
+    weights = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")}
+    assert not any("reference" in k for k in checkpoint["state_dict"]), "the reference policy must not be saved"
+    # One policy plus its head (tied embeddings are stored once per name, as in the module).
+    assert sum(v.numel() for v in weights.values()) == sum(p.numel() for p in snapshot.module.policy.state_dict().values())
+    assert sum(v.numel() for v in weights.values()) < trainable + 0.5 * reference, "a second policy was saved"
+    moments = sum(t.numel() for state in checkpoint["optimizer_states"][0]["state"].values() for t in state.values() if t.dim() > 0)
+    assert moments == 2 * trainable, "AdamW keeps two moments per trainable parameter, nothing for the reference"
+
+
+@pytest.mark.parametrize("method", ["ppo", "carft"])
+def test_rl_run_logs_finite_metrics_and_checkpoints_rollout_steps(tiny_args, tmp_path, method):
+    argv = ["--method", method, "--run_name", "e2e", "--trainer.max_steps", "4", "--trainer.val_every_n_steps", "2",
+            "--trainer.checkpoint_every_n_steps", "2", "--algo.minibatches", "2", *RL_ARGS, *tiny_args]
+    assert main(argv) == 0
+    run_dir = tmp_path / "runs" / "e2e"
+    logged = scalars(run_dir)
+    expected = ["train/reward", "train/accuracy", "train/kl", "train/entropy", "train/response_length", "train/clip_frac",
+                "train/value_loss", "train/policy_loss", "train/explained_variance", "train/grad_norm", "train/lr",
+                "perf/rollout_s", "perf/update_s", "perf/tokens_per_s", "val/accuracy", "test/accuracy"]
+    if method == "carft":
+        expected += ["train/loss_pos", "train/loss_neg", "train/cos_correct", "train/cos_incorrect", "train/partial_rewards_changed"]
+    for tag in expected:
+        assert tag in logged, f"{tag} was not logged"
+    for tag, points in logged.items():
+        assert all(math.isfinite(v) for _, v in points), f"{tag} has a non-finite value"
+    # One step is one rollout (2 epochs x 2 minibatches = 4 updates each): 4 steps, 4 points.
+    assert [s for s, _ in logged["train/reward"]] == [0, 1, 2, 3]
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"step000002.ckpt", "step000004.ckpt", "last.ckpt"}
+
+
+class StopAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def test_resumed_carft_run_equals_uninterrupted_run(tiny_args, tmp_path):
+    common = ["--method", "carft", "--trainer.max_steps", "4", "--trainer.checkpoint_every_n_steps", "2",
+              "--trainer.val_every_n_steps", "2", *RL_ARGS, *tiny_args]
+    config, _, _, _ = parse_config(common + ["--run_name", "straight"])
+    train(config)
+    config, _, _, _ = parse_config(common + ["--run_name", "interrupted"])
+    train(config, callbacks=[StopAt(2)])
+    runs = tmp_path / "runs"
+    assert main(["--resume", str(runs / "interrupted"), "--runs_dir", str(runs)]) == 0
+
+    straight = checkpoint_state(runs / "straight" / "checkpoints" / "last.ckpt")
+    resumed = checkpoint_state(runs / "interrupted" / "checkpoints" / "last.ckpt")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=1e-5, atol=1e-6, msg=name)
+    full, split = scalars(runs / "straight"), scalars(runs / "interrupted")
+    assert [s for s, _ in split["train/reward"]] == [s for s, _ in full["train/reward"]], "one curve, no gap, no repeat"
+    for (_, a), (_, b) in zip(full["train/loss"], split["train/loss"]):
+        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
+
+
+def test_warmup_run_is_trained_once_and_reused(tiny_args, tmp_path, capsys, monkeypatch):
+    from lightning_modules import run
+
+    parse = run.parse_config
+    # The warm-up reads configs/sft.yaml (1400 steps); two steps are enough here.
+    monkeypatch.setattr(run, "parse_config", lambda argv: parse([*argv, "--trainer.max_steps", "2", "--trainer.val_every_n_steps", "2", "--trainer.max_new_tokens", "16"]))
+    argv = ["--method", "ppo", "--run_name", "rl", "--trainer.max_steps", "1", *RL_ARGS, *tiny_args, "--warmup_run", "warm"]
+    train(parse(argv)[0])
+    warm = tmp_path / "runs" / "warm"
+    assert (warm / "hf" / "config.json").is_file()
+    assert "training it first" in capsys.readouterr().err
+    stamp = (warm / "hf" / "model.safetensors").stat().st_mtime_ns
+    train(parse([*argv[:3], "rl2", *argv[4:]])[0])
+    assert (warm / "hf" / "model.safetensors").stat().st_mtime_ns == stamp, "the warm-up was trained again"
+    assert "training it first" not in capsys.readouterr().err
+
+
+def test_unfinished_warmup_run_is_reported_not_overwritten(tiny_args, tmp_path):
+    (tmp_path / "runs" / "warm").mkdir(parents=True)
+    argv = ["--method", "carft", "--run_name", "rl", *RL_ARGS, *tiny_args, "--warmup_run", "warm"]
+    assert main(argv) == 2
+    assert not (tmp_path / "runs" / "rl").exists()
