@@ -60,7 +60,13 @@ class ReasoningModule(L.LightningModule):
 
     def configure_optimizers(self):
         optim = self.config.optim
-        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+        heads = {id(p) for p in self.policy.heads.parameters()}
+        groups = [
+            {"params": [p for p in self.trainable_parameters() if id(p) not in heads], "lr": optim.lr},
+            {"params": [p for p in self.trainable_parameters() if id(p) in heads], "lr": optim.lr * optim.head_lr_scale},
+        ]
+        groups = [g for g in groups if g["params"]]
+        optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(optim.warmup_steps, self.config.trainer.max_steps, optim.schedule, optim.min_lr_ratio)
         )

@@ -131,3 +131,19 @@ def test_unfinished_warmup_run_is_reported_not_overwritten(tiny_args, tmp_path):
     argv = ["--method", "carft", "--run_name", "rl", *RL_ARGS, *tiny_args, "--warmup_run", "warm"]
     assert main(argv) == 2
     assert not (tmp_path / "runs" / "rl").exists()
+
+
+def test_heads_get_their_own_learning_rate(tiny_args):
+    from lightning_modules import METHODS
+    from lightning_modules.policy import load_tokenizer, resolve_model_path
+
+    config, _, _, _ = parse_config(["--method", "carft", *RL_ARGS, *tiny_args, "--optim.head_lr_scale", "20"])
+    path = resolve_model_path(config.model)
+    module = METHODS["carft"](config, load_tokenizer(path), path)
+    optimizer = module.configure_optimizers()["optimizer"]
+    head_ids = {id(p) for p in module.policy.heads.parameters()}
+    lm_group, head_group = optimizer.param_groups
+    assert {id(p) for p in head_group["params"]} == head_ids
+    assert not head_ids & {id(p) for p in lm_group["params"]}
+    assert math.isclose(head_group["lr"], 20 * lm_group["lr"])
+    assert len(lm_group["params"]) + len(head_group["params"]) == len(list(module.parameters()))
