@@ -44,6 +44,11 @@ class ReasoningModule(L.LightningModule):
     Config: ClassVar[type] = NoKnobs
     train_batches: ClassVar[str] = "annotated"
 
+    @classmethod
+    def batch_kind(cls, config: RunConfig) -> str:
+        """Which training batches the DataModule builds for this run (annotated, labeled, unlabeled)."""
+        return cls.train_batches
+
     def __init__(self, config: RunConfig, tokenizer: PreTrainedTokenizerBase, model_path: str) -> None:
         super().__init__()
         self.config, self.tokenizer = config, tokenizer

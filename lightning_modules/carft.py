@@ -102,10 +102,12 @@ class CARFTModule(PPOModule):
         """Annotated representations (a constant target), LCS pieces and the cosines the partial
         reward needs; run once per rollout."""
         target_ids, target_mask = rollout["target_ids"], rollout["target_mask"]
-        prompt_mask = rollout["attention_mask"][:, : rollout.prompt_length]
-        input_ids = torch.cat([rollout["input_ids"][:, : rollout.prompt_length], target_ids], dim=1)
-        _, hidden = self.response_forward(self.policy, input_ids, torch.cat([prompt_mask, target_mask], dim=1), target_ids.size(1), hidden=True)
-        values_annotated, embeddings_annotated = self.head(hidden)
+        # One forward per question, not per sample: the samples of a question share its annotation.
+        n, prompt_length = self.algo.samples_per_prompt, rollout.prompt_length
+        input_ids = torch.cat([rollout["input_ids"][::n, :prompt_length], target_ids[::n]], dim=1)
+        attention_mask = torch.cat([rollout["attention_mask"][::n, :prompt_length], target_mask[::n]], dim=1)
+        _, hidden = self.response_forward(self.policy, input_ids, attention_mask, target_ids.size(1), hidden=True)
+        values_annotated, embeddings_annotated = (t.repeat_interleave(n, 0) for t in self.head(hidden))
         rollout["z_annotated"] = self.pool(embeddings_annotated, values_annotated, target_mask)
 
         response_mask = rollout["response_mask"]

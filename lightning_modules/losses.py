@@ -76,6 +76,13 @@ def kl_k1(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
     return logp - logp_ref
 
 
+def kl_k3(logp: torch.Tensor, logp_ref: torch.Tensor, clamp: float = 20.0) -> torch.Tensor:
+    """Per-token k3 estimator ``exp(ref - logp) - (ref - logp) - 1`` (>= 0, unbiased for
+    KL(pi || pi_ref) on samples of pi), with the log-ratio clamped to +-``clamp`` (spec section 5)."""
+    log_ratio = torch.clamp(logp_ref - logp, -clamp, clamp)
+    return torch.exp(log_ratio) - log_ratio - 1.0
+
+
 @torch.no_grad()
 def gae(
     rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
@@ -114,18 +121,41 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, all_reduce: Callable[[torch.Tens
     return (x - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
+def clipped_surrogate(
+    logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, clip_eps: float = 0.2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token ``max(-A * ratio, -A * clip(ratio, 1-eps, 1+eps))`` with ``ratio = exp(logp - logp_old)``,
+    and where the clipped term is the larger (bool)."""
+    ratio = torch.exp(logp - logp_old)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
+def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "grpo", max_new_tokens: int | None = None) -> torch.Tensor:
+    """Reduce a per-token loss ``[B, T]`` over response tokens (spec section 5):
+    ``grpo`` mean over sequences of each sequence's token mean; ``dr_grpo`` sum / (B * max_new_tokens);
+    ``dapo`` sum / number of response tokens in the batch."""
+    if mode == "grpo":
+        return masked_mean(per_token, mask, dim=-1).mean()
+    total = (per_token * mask.to(per_token.dtype)).sum()
+    if mode == "dr_grpo":
+        if max_new_tokens is None:
+            raise ValueError("dr_grpo aggregation needs max_new_tokens")
+        return total / (per_token.size(0) * max_new_tokens)
+    if mode == "dapo":
+        return total / mask.sum().clamp(min=1)
+    raise ValueError(f"unknown loss aggregation {mode!r}; expected grpo, dr_grpo or dapo")
+
+
 def ppo_policy_loss(
     logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float = 0.2
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped surrogate: per-token ``max(-A * ratio, -A * clip(ratio, 1-eps, 1+eps))``, a masked
     mean over each sequence's tokens, then a mean over sequences. Also the fraction of tokens
     where the clipped term is the larger (``clip_frac``)."""
-    ratio = torch.exp(logp - logp_old)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask, dim=-1).mean()
-    clip_frac = masked_mean((clipped > unclipped).to(logp.dtype), mask)
-    return loss, clip_frac.detach()
+    per_token, clipped = clipped_surrogate(logp, logp_old, advantages, clip_eps)
+    return aggregate_loss(per_token, mask, "grpo"), masked_mean(clipped.to(logp.dtype), mask).detach()
 
 
 def ppo_value_loss(
@@ -312,3 +342,82 @@ def reinforce_loss(logp: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor
     """The seed's simpler policy gradient: ``-(log-prob x reward)`` averaged over each
     response's tokens, then over responses; ``[B, T], [B], [B, T] -> []``."""
     return -masked_mean(logp * rewards[:, None].to(logp.dtype), mask, dim=-1).mean()
+
+
+# ---- GRPO (spec section 5) -------------------------------------------------------------------
+def grpo_advantages(rewards: torch.Tensor, scale: str = "group") -> torch.Tensor:
+    """``[Q, G] -> [Q, G]``: ``r - mean_group(r)``, divided by ``std_group(r) + 1e-4`` (Bessel's
+    correction) with ``scale="group"`` (GRPO) or not with ``"none"`` (Dr. GRPO). A group of equal
+    rewards gets zero advantage; a group of one sample too."""
+    centred = rewards - rewards.mean(dim=-1, keepdim=True)
+    if scale == "none":
+        return centred
+    if scale != "group":
+        raise ValueError(f"unknown advantage scale {scale!r}; expected group or none")
+    std = rewards.std(dim=-1, keepdim=True, unbiased=True) if rewards.size(-1) > 1 else torch.zeros_like(rewards[:, :1])
+    return centred / (std + 1e-4)
+
+
+def majority_answer(answers: list[float | None]) -> tuple[float | None, float]:
+    """The most common extracted answer (equal within the checking tolerance) and its share of
+    all samples, unparsed ones included; ties go to the first seen. ``(None, 0.0)`` if none parsed."""
+    representatives: list[float] = []
+    counts: list[int] = []
+    for answer in answers:
+        if answer is None:
+            continue
+        for index, representative in enumerate(representatives):
+            if is_correct(answer, representative):
+                counts[index] += 1
+                break
+        else:
+            representatives.append(answer)
+            counts.append(1)
+    if not counts:
+        return None, 0.0
+    best = max(range(len(counts)), key=lambda i: (counts[i], -i))
+    return representatives[best], counts[best] / len(answers)
+
+
+# ---- RLSC (spec section 4) -------------------------------------------------------------------
+def sequence_logp(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``s = sum_t log p(tokens[:, t])`` over positions where ``mask`` is 1; aligned inputs
+    (``logits[:, t]`` scores ``tokens[:, t]``); ``[B, T, V], [B, T], [B, T] -> [B]``."""
+    return (token_logprobs(logits, tokens, temperature) * mask.to(torch.float32)).sum(-1)
+
+
+def rlsc_loss(seq_logp: torch.Tensor, alpha: float = 0.1, weighting: str = "paper", reduction: str = "mean") -> torch.Tensor:
+    """RLSC's self-confidence loss on ``[Q, K]`` sequence log-probs: ``-(w_k + alpha) * s_k`` with
+    ``w = sg(exp(s))`` (``paper``) or ``sg(softmax_k(s))`` (``normalized``, which stays meaningful
+    when exp(s) underflows for long responses). ``mean``: averaged over all Q*K entries;
+    ``sum``: summed over K, averaged over Q. Its gradient in s_k is ``-(w_k + alpha)`` / (Q*K or Q)."""
+    if weighting == "paper":
+        weights = torch.exp(seq_logp.detach())  # s <= 0, so this never overflows; it may underflow to 0
+    elif weighting == "normalized":
+        weights = torch.softmax(seq_logp.detach(), dim=-1)
+    else:
+        raise ValueError(f"unknown weighting {weighting!r}; expected paper or normalized")
+    per_sample = -(weights + alpha) * seq_logp
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum(-1).mean()
+    raise ValueError(f"unknown reduction {reduction!r}; expected mean or sum")
+
+
+@torch.no_grad()
+def token_confidence(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over masked positions of the largest next-token probability; ``[B, T, V] -> [B]``."""
+    top = torch.softmax(logits.float(), dim=-1).amax(-1)
+    return masked_mean(top, mask, dim=-1)
+
+
+@torch.no_grad()
+def agreement_confidence(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """How much K samples' next-token distributions agree: at each position, ``sum_v mean_k(p_k(v))^2``
+    over the samples that reach it, averaged over positions any sample reaches; ``[K, T, V], [K, T] -> []``."""
+    weights = mask.to(probs.dtype)
+    reached = weights.sum(0)  # [T]
+    mean_probs = (probs * weights.unsqueeze(-1)).sum(0) / reached.clamp(min=1).unsqueeze(-1)
+    per_position = (mean_probs**2).sum(-1)
+    return masked_mean(per_position, reached > 0)

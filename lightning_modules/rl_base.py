@@ -23,7 +23,8 @@ from lightning_modules.config import require
 from lightning_modules.distributed import all_reduce_mean
 from lightning_modules.losses import entropy_from_logits, masked_mean, token_logprobs
 from lightning_modules.policy import Policy
-from lightning_modules.rollout import check_answers, decode, response_mask
+from datamodules.answers import extract_answer, is_correct
+from lightning_modules.rollout import decode, response_mask
 
 
 @dataclass
@@ -189,9 +190,10 @@ class RLModule(ReasoningModule):
                 tensors[key] = batch[key].repeat_interleave(n, 0)
         rollout = Rollout(tensors, prompt_length=prompt_ids.size(1))
         rollout.texts = decode(self.tokenizer, response_ids, mask)
+        rollout.predictions = [extract_answer(text) for text in rollout.texts]  # needs no label
         if "answer" in batch:
-            rollout.predictions, correct = check_answers(rollout.texts, tensors["answer"])
-            rollout["correct"] = correct.to(self.device)
+            gold = tensors["answer"].tolist()
+            rollout["correct"] = torch.tensor([is_correct(p, g) for p, g in zip(rollout.predictions, gold)], device=self.device)
         return rollout
 
     def response_forward(

@@ -195,7 +195,7 @@ def train(config: RunConfig, ckpt_path: str | None = None, callbacks: Sequence[L
     L.seed_everything(config.seed, workers=True, verbose=False)
     model_path = initial_model_path(config)
     tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
-    datamodule = ReasoningDataModule(config.data, tokenizer, method.train_batches, seed=config.seed)
+    datamodule = ReasoningDataModule(config.data, tokenizer, method.batch_kind(config), seed=config.seed)
     datamodule.setup("fit")  # bad data fails here, before a model is loaded or a folder written
     module = method(config, tokenizer, model_path)
     trainer = build_trainer(config, run_dir, callbacks, manual_optimization=not module.automatic_optimization)

@@ -58,16 +58,21 @@ def test_carft_checkpoint_holds_one_policy_its_head_and_optimizer_state(tiny_arg
     assert moments == 2 * trainable, "AdamW keeps two moments per trainable parameter, nothing for the reference"
 
 
-@pytest.mark.parametrize("method", ["ppo", "carft"])
+@pytest.mark.parametrize("method", ["ppo", "carft", "grpo"])
 def test_rl_run_logs_finite_metrics_and_checkpoints_rollout_steps(tiny_args, tmp_path, method):
     argv = ["--method", method, "--run_name", "e2e", "--trainer.max_steps", "4", "--trainer.val_every_n_steps", "2",
-            "--trainer.checkpoint_every_n_steps", "2", "--algo.minibatches", "2", *RL_ARGS, *tiny_args]
+            "--trainer.checkpoint_every_n_steps", "2", "--algo.minibatches", "2", "--algo.ppo_epochs", "2", *RL_ARGS, *tiny_args]
+    if method in ("grpo", "carft"):
+        argv += ["--algo.samples_per_prompt", "2"]  # CARFT scores each annotation once for its samples
     assert main(argv) == 0
     run_dir = tmp_path / "runs" / "e2e"
     logged = scalars(run_dir)
     expected = ["train/reward", "train/accuracy", "train/kl", "train/entropy", "train/response_length", "train/clip_frac",
-                "train/value_loss", "train/policy_loss", "train/explained_variance", "train/grad_norm", "train/lr",
-                "perf/rollout_s", "perf/update_s", "perf/tokens_per_s", "val/accuracy", "test/accuracy"]
+                "train/grad_norm", "train/lr", "perf/rollout_s", "perf/update_s", "perf/tokens_per_s", "val/accuracy", "test/accuracy"]
+    if method in ("ppo", "carft"):
+        expected += ["train/value_loss", "train/policy_loss", "train/explained_variance"]
+    if method == "grpo":
+        expected += ["train/frac_reward_zero_std"]
     if method == "carft":
         expected += ["train/loss_pos", "train/loss_neg", "train/cos_correct", "train/cos_incorrect", "train/partial_rewards_changed"]
     for tag in expected:
@@ -147,3 +152,19 @@ def test_heads_get_their_own_learning_rate(tiny_args):
     assert not head_ids & {id(p) for p in lm_group["params"]}
     assert math.isclose(head_group["lr"], 20 * lm_group["lr"])
     assert len(lm_group["params"]) + len(head_group["params"]) == len(list(module.parameters()))
+
+
+def test_label_free_grpo_trains_on_batches_without_answers(tiny_args, tmp_path):
+    argv = ["--method", "grpo", "--run_name", "ttrl", "--trainer.max_steps", "2", "--algo.reward", "majority",
+            "--algo.samples_per_prompt", "2", *RL_ARGS, *tiny_args]
+    config, _, _, _ = parse_config(argv)
+    seen = []
+
+    class Keys(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(set(batch))
+
+    train(config, callbacks=[Keys()])
+    assert seen and all("answer" not in keys and "target_ids" not in keys for keys in seen)
+    logged = scalars(tmp_path / "runs" / "ttrl")
+    assert "train/majority_share" in logged and "train/accuracy" not in logged

@@ -1,0 +1,106 @@
+"""GRPO (spec section 5): group-normalised advantages, clipped ratio, optional k3 KL.
+
+With ``reward: majority`` it is label-free (TTRL-style): the training batches carry no
+answers and each sample is rewarded for agreeing with its group's majority answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from datamodules.answers import is_correct
+from lightning_modules.config import require
+from lightning_modules.losses import (
+    aggregate_loss,
+    clipped_surrogate,
+    grpo_advantages,
+    kl_k3,
+    majority_answer,
+    masked_mean,
+    rule_reward,
+)
+from lightning_modules.rl_base import RLConfig, RLModule, Rollout
+
+
+@dataclass
+class GRPOConfig(RLConfig):
+    """GRPO knobs; defaults from DeepSeekMath (Shao et al. 2024) unless noted."""
+
+    samples_per_prompt: int = 8
+    """G, responses per question (DeepSeekMath: 64; TRL's default: 8)."""
+    ppo_epochs: int = 1
+    """Passes over each rollout (DeepSeekMath: 1, so the ratio is 1 and the clip only matters with more)."""
+    clip_eps: float = 0.2
+    """Ratio clip (DeepSeekMath: 0.2)."""
+    kl_coef: float = 0.04
+    """Weight of the per-token k3 KL to the reference (DeepSeekMath: 0.04; Dr. GRPO and DAPO: 0, which drops the reference)."""
+    scale: str = "group"
+    """Advantage scale: group (divide by the group's std, GRPO) or none (Dr. GRPO)."""
+    loss_aggregation: str = "grpo"
+    """grpo (mean of sequence means), dr_grpo (sum / (B * max_new_tokens)) or dapo (sum / response tokens)."""
+    reward: str = "rule"
+    """rule (1 / 0.1 / 0 against the gold answer) or majority (label-free: 1 if the sample agrees with its group's majority answer, TTRL)."""
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.clip_eps > 0, f"algo.clip_eps must be positive, got {self.clip_eps}")
+        require(self.kl_coef >= 0, f"algo.kl_coef must be >= 0, got {self.kl_coef}")
+        require(self.scale in ("group", "none"), f"algo.scale must be group or none, got {self.scale!r}")
+        require(self.loss_aggregation in ("grpo", "dr_grpo", "dapo"), f"algo.loss_aggregation must be grpo, dr_grpo or dapo, got {self.loss_aggregation!r}")
+        require(self.reward in ("rule", "majority"), f"algo.reward must be rule or majority, got {self.reward!r}")
+
+
+class GRPOModule(RLModule):
+    name = "grpo"
+    Config = GRPOConfig
+
+    @classmethod
+    def batch_kind(cls, config) -> str:
+        return "unlabeled" if config.algo.reward == "majority" else "labeled"
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.config.algo.kl_coef > 0
+
+    def score(self, rollout: Rollout) -> None:
+        response_ids, mask = rollout["response_ids"], rollout["response_mask"]
+        logits, _ = self.response_forward(self.policy, rollout["input_ids"], rollout["attention_mask"], response_ids.size(1))
+        rollout["logp_old"] = self.logprobs(logits, response_ids)
+        self.rollout_metrics(rollout, logits)
+        if self.uses_reference:
+            logits_ref, _ = self.response_forward(self.reference, rollout["input_ids"], rollout["attention_mask"], response_ids.size(1))
+            rollout["logp_ref"] = self.logprobs(logits_ref, response_ids)
+        group = self.algo.samples_per_prompt
+        rewards = self.sequence_rewards(rollout).view(-1, group)
+        rollout["advantages"] = grpo_advantages(rewards, self.algo.scale).view(-1)
+        rollout.metrics["reward"] = rewards.mean()
+        rollout.metrics["frac_reward_zero_std"] = (rewards.std(dim=-1) == 0).float().mean() if group > 1 else torch.ones(())
+
+    def sequence_rewards(self, rollout: Rollout) -> torch.Tensor:
+        predictions = rollout.predictions
+        if self.algo.reward == "rule":
+            rewards = [rule_reward(p, g) for p, g in zip(predictions, rollout["answer"].tolist())]
+        else:
+            group = self.algo.samples_per_prompt
+            rewards, shares = [], []
+            for start in range(0, len(predictions), group):
+                majority, share = majority_answer(predictions[start : start + group])
+                shares.append(share)
+                rewards += [float(p is not None and majority is not None and is_correct(p, majority)) for p in predictions[start : start + group]]
+            rollout.metrics["majority_share"] = torch.tensor(shares).mean()
+        return torch.tensor(rewards, device=self.device)
+
+    def loss(self, minibatch: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        response_ids, mask = minibatch["response_ids"], minibatch["response_mask"]
+        logits, _ = self.response_forward(self.policy, minibatch["input_ids"], minibatch["attention_mask"], response_ids.size(1))
+        logp = self.logprobs(logits, response_ids)
+        per_token, clipped = clipped_surrogate(logp, minibatch["logp_old"], minibatch["advantages"][:, None], self.algo.clip_eps)
+        metrics = {"clip_frac": masked_mean(clipped.float(), mask).detach()}
+        if self.uses_reference:
+            kl = kl_k3(logp, minibatch["logp_ref"])
+            per_token = per_token + self.algo.kl_coef * kl
+            metrics["kl"] = masked_mean(kl, mask).detach()
+        loss = aggregate_loss(per_token, mask, self.algo.loss_aggregation, self.config.trainer.max_new_tokens)
+        return loss, metrics
