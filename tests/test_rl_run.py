@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightning_modules.run import main, parse_config, train
-from tests.runs import checkpoint_state, scalars
+from tests.runs import StopAt, checkpoint_state, scalars
 
 # Start from the tiny embedded model itself (configs/<method>.yaml would train an SFT warm-up first).
 RL_ARGS = ["--warmup_run", "null", "--data.batch_size", "4", "--optim.warmup_steps", "0", "--optim.weight_decay", "0", "--optim.lr", "1e-3"]
@@ -82,15 +82,6 @@ def test_rl_run_logs_finite_metrics_and_checkpoints_rollout_steps(tiny_args, tmp
     # One step is one rollout (2 epochs x 2 minibatches = 4 updates each): 4 steps, 4 points.
     assert [s for s, _ in logged["train/reward"]] == [0, 1, 2, 3]
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"step000002.ckpt", "step000004.ckpt", "last.ckpt"}
-
-
-class StopAt(L.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step >= self.step:
-            trainer.should_stop = True
 
 
 def test_resumed_carft_run_equals_uninterrupted_run(tiny_args, tmp_path):

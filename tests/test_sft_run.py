@@ -2,13 +2,12 @@
 
 import math
 
-import lightning as L
 import torch
 from transformers import AutoModelForCausalLM
 
 from lightning_modules.run import main, parse_config, train
 from lightning_modules.policy import resolve_model_path
-from tests.runs import checkpoint_state, scalars
+from tests.runs import StopAt, checkpoint_state, scalars
 
 
 def test_sft_moves_every_parameter_and_logs_finite_metrics(tiny_args, tmp_path):
@@ -38,17 +37,6 @@ def test_sft_moves_every_parameter_and_logs_finite_metrics(tiny_args, tmp_path):
     exported = AutoModelForCausalLM.from_pretrained(run_dir / "hf")
     for name, value in exported.state_dict().items():
         assert torch.equal(value, lm_state[name]), f"HF export differs from the checkpoint at {name}"
-
-
-class StopAt(L.Callback):
-    """Ends training after ``step`` optimizer steps, as a crash right after a checkpoint would."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step >= self.step:
-            trainer.should_stop = True
 
 
 def test_resumed_run_equals_uninterrupted_run(tiny_args, tmp_path):
