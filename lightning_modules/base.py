@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 from transformers import PreTrainedTokenizerBase
 
 from lightning_modules.config import RunConfig
+from lightning_modules.metrics import majority_correct
 from lightning_modules.policy import Policy
 from lightning_modules.rollout import check_answers, decode, generate
 
@@ -53,8 +54,12 @@ class ReasoningModule(L.LightningModule):
         super().__init__()
         self.config, self.tokenizer = config, tokenizer
         self.policy = Policy.from_pretrained(model_path, config.model)
+        names = ["accuracy", "response_length", "parse_rate"]
+        sampled = [f"pass@{self.eval_samples}", f"maj@{self.eval_samples}", "sampled_accuracy"] if self.eval_samples else []
+        # Sampled metrics on the validation split only: K samples of every test question would
+        # cost K greedy test passes before and after training.
         self.eval_metrics = torch.nn.ModuleDict(
-            {stage: torch.nn.ModuleDict({k: MeanMetric() for k in ("accuracy", "response_length", "parse_rate")}) for stage in ("val", "test")}
+            {stage: torch.nn.ModuleDict({k: MeanMetric() for k in names + (sampled if stage == "val" else [])}) for stage in ("val", "test")}
         )
         self._step_started, self._step_tokens = time.perf_counter(), 0
         self._samples: list[str] = []
@@ -90,7 +95,16 @@ class ReasoningModule(L.LightningModule):
         self.log("perf/step_s", seconds)
         self.log("perf/tokens_per_s", self._step_tokens / max(seconds, 1e-9))
 
-    # ---- evaluation by greedy decoding ---------------------------------------------------
+    # ---- evaluation by greedy decoding (and, if asked, k samples per question) -------------
+    @property
+    def eval_samples(self) -> int:
+        """Responses sampled per held-out question for pass@k and maj@k; 0 evaluates greedily only."""
+        return 0
+
+    @property
+    def eval_temperature(self) -> float:
+        return 1.0
+
     def _evaluate(self, stage: str, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         responses, mask = generate(
             self.policy.lm, batch["prompt_ids"], batch["prompt_mask"], self.tokenizer, self.config.trainer.max_new_tokens
@@ -101,6 +115,8 @@ class ReasoningModule(L.LightningModule):
         metrics["accuracy"].update(correct.float())
         metrics["response_length"].update(mask.sum(-1).float())
         metrics["parse_rate"].update(torch.tensor([p is not None for p in predictions], dtype=torch.float))
+        if self.eval_samples and stage == "val":
+            self._evaluate_sampled(metrics, batch, batch_idx)
         for name, metric in metrics.items():
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=len(texts))
         if batch_idx == 0 and stage == "val":
@@ -109,6 +125,30 @@ class ReasoningModule(L.LightningModule):
                 f"**prompt**\n\n    {p.strip()}\n\n**response** (gold {float(g):g})\n\n    {t}"
                 for p, t, g in zip(prompts, texts, batch["answer"])
             ]
+
+    @torch.no_grad()
+    def _evaluate_sampled(self, metrics, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """pass@k (k = n, so: any of the k correct), maj@k and the mean accuracy of k samples per
+        question. Seeded by (seed, rank, batch), so every evaluation of a run draws alike."""
+        k, rows = self.eval_samples, batch["prompt_ids"].size(0)
+        prompt_ids, prompt_mask = batch["prompt_ids"].repeat_interleave(k, 0), batch["prompt_mask"].repeat_interleave(k, 0)
+        chunk = max(k, self.config.data.eval_batch_size // k * k)  # whole questions per generate call
+        texts: list[str] = []
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed((self.config.seed * 1_000_003 + self.global_rank) * 1_000_003 + batch_idx)
+            for start in range(0, rows * k, chunk):
+                responses, mask = generate(
+                    self.policy.lm, prompt_ids[start : start + chunk], prompt_mask[start : start + chunk], self.tokenizer,
+                    self.config.trainer.max_new_tokens, do_sample=True, temperature=self.eval_temperature,
+                )
+                texts += decode(self.tokenizer, responses, mask)
+        predictions, correct = check_answers(texts, batch["answer"].repeat_interleave(k, 0))
+        correct = correct.view(rows, k)
+        majority = [majority_correct(predictions[i * k : (i + 1) * k], float(g)) for i, g in enumerate(batch["answer"])]
+        metrics[f"pass@{k}"].update(correct.any(-1).float())
+        metrics[f"maj@{k}"].update(torch.tensor(majority, dtype=torch.float))
+        metrics["sampled_accuracy"].update(correct.float().mean(-1))
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate("val", batch, batch_idx)

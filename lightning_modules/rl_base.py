@@ -100,6 +100,8 @@ class RLModule(ReasoningModule):
 
     Config = RLConfig
     train_batches = "labeled"
+    progress_metrics: tuple[str, ...] = ("train/reward", "train/accuracy")
+    """Shown on the progress bar."""
     uses_reference: bool = False
     """Whether :meth:`score` needs the frozen reference policy (loaded only then)."""
 
@@ -111,10 +113,11 @@ class RLModule(ReasoningModule):
             not config.trainer.precision.startswith("16"),
             f"RL methods clip gradients by hand, which fp16 loss scaling does not support; use bf16-mixed, not {config.trainer.precision}",
         )
+        rows = config.data.batch_size * self.algo.samples_per_prompt // self.minibatch_group
         require(
-            config.data.batch_size * self.algo.samples_per_prompt >= self.algo.minibatches,
-            f"algo.minibatches ({self.algo.minibatches}) is more than the samples per rollout "
-            f"(data.batch_size x algo.samples_per_prompt = {config.data.batch_size * self.algo.samples_per_prompt})",
+            rows >= self.algo.minibatches,
+            f"algo.minibatches ({self.algo.minibatches}) is more than the {'questions' if self.minibatch_group > 1 else 'samples'} "
+            f"of a rollout ({rows}), so some updates would see nothing",
         )
         self.build_heads()
         # Kept in a list so that it is not a submodule: no optimizer state, not in checkpoints,
@@ -135,6 +138,11 @@ class RLModule(ReasoningModule):
     def loss(self, minibatch: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one minibatch, with gradient, and metrics to average over the updates."""
         raise NotImplementedError
+
+    @property
+    def minibatch_group(self) -> int:
+        """Rows that must stay in one minibatch (a question's samples, when the loss compares them)."""
+        return 1
 
     # ---- shared machinery -----------------------------------------------------------------
     @property
@@ -224,10 +232,12 @@ class RLModule(ReasoningModule):
         generator = torch.Generator().manual_seed(self.sampling_seed())
         # Every rank runs exactly `updates` optimizer steps: a data-dependent skip would leave
         # the other ranks waiting in the gradient all-reduce (DDP hangs).
-        done = 0
+        done, group = 0, self.minibatch_group
         for _ in range(self.algo.ppo_epochs):
-            order = torch.randperm(len(rollout), generator=generator) if self.algo.minibatches > 1 else torch.arange(len(rollout))
-            for part in torch.tensor_split(order, self.algo.minibatches):
+            groups = len(rollout) // group
+            order = torch.randperm(groups, generator=generator) if self.algo.minibatches > 1 else torch.arange(groups)
+            rows = (order[:, None] * group + torch.arange(group)).flatten()
+            for part in torch.tensor_split(rows, self.algo.minibatches):
                 loss, metrics = self.loss(rollout.select(part.to(self.device)))
                 optimizer.zero_grad(set_to_none=True)
                 self.manual_backward(loss)
@@ -260,9 +270,8 @@ class RLModule(ReasoningModule):
         keys = sorted(metrics)
         values = torch.stack([torch.as_tensor(metrics[k], dtype=torch.float32, device=self.device).reshape(()) for k in keys])
         values = all_reduce_mean(values).cpu()
-        progress = {"train/reward", "train/accuracy"}
         for key, value in zip(keys, values.tolist()):
-            self.log(key, value, prog_bar=key in progress, batch_size=1)
+            self.log(key, value, prog_bar=key in self.progress_metrics, batch_size=1)
 
     # ---- metrics the field reports for every RL method -------------------------------------
     def rollout_metrics(self, rollout: Rollout, logits: torch.Tensor) -> None:
