@@ -192,8 +192,10 @@ def train(config: RunConfig, ckpt_path: str | None = None, callbacks: Sequence[L
     started = time.perf_counter()
     run_dir = run_dir_of(config)
     method = METHODS[config.method]
-    L.seed_everything(config.seed, workers=True, verbose=False)
     model_path = initial_model_path(config)
+    # Seeded after a warm-up trained in this process, so that a run draws the same heads
+    # and samples whether or not it had to train its warm-up first.
+    L.seed_everything(config.seed, workers=True, verbose=False)
     tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
     datamodule = ReasoningDataModule(config.data, tokenizer, method.batch_kind(config), seed=config.seed)
     datamodule.setup("fit")  # bad data fails here, before a model is loaded or a folder written

@@ -111,7 +111,7 @@ def test_warmup_run_is_trained_once_and_reused(tiny_args, tmp_path, capsys, monk
     parse = run.parse_config
     # The warm-up reads configs/sft.yaml (1400 steps); two steps are enough here.
     monkeypatch.setattr(run, "parse_config", lambda argv: parse([*argv, "--trainer.max_steps", "2", "--trainer.val_every_n_steps", "2", "--trainer.max_new_tokens", "16"]))
-    argv = ["--method", "ppo", "--run_name", "rl", "--trainer.max_steps", "1", *RL_ARGS, *tiny_args, "--warmup_run", "warm"]
+    argv = ["--method", "carft", "--run_name", "rl", "--trainer.max_steps", "1", *RL_ARGS, *tiny_args, "--warmup_run", "warm"]
     train(parse(argv)[0])
     warm = tmp_path / "runs" / "warm"
     assert (warm / "hf" / "config.json").is_file()
@@ -120,6 +120,9 @@ def test_warmup_run_is_trained_once_and_reused(tiny_args, tmp_path, capsys, monk
     train(parse([*argv[:3], "rl2", *argv[4:]])[0])
     assert (warm / "hf" / "model.safetensors").stat().st_mtime_ns == stamp, "the warm-up was trained again"
     assert "training it first" not in capsys.readouterr().err
+    first, second = (checkpoint_state(tmp_path / "runs" / name / "checkpoints" / "last.ckpt") for name in ("rl", "rl2"))
+    for name in first:
+        torch.testing.assert_close(second[name], first[name], rtol=0, atol=0, msg=f"{name}: training the warm-up first changed the run")
 
 
 def test_unfinished_warmup_run_is_reported_not_overwritten(tiny_args, tmp_path):
