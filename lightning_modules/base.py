@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -95,6 +96,20 @@ class ReasoningModule(L.LightningModule):
         self.log("perf/step_s", seconds)
         self.log("perf/tokens_per_s", self._step_tokens / max(seconds, 1e-9))
 
+    # ---- seeded sampling ------------------------------------------------------------------
+    def run_seed(self, index: int) -> int:
+        """A seed from (run seed, rank, index): ranks draw differently, and the same index draws
+        alike in every run with this seed, resumed or not."""
+        return (self.config.seed * 1_000_003 + self.global_rank) * 1_000_003 + index
+
+    @contextmanager
+    def seeded(self, index: int):
+        """Sample from the RNG seeded by :meth:`run_seed`, leaving the global RNG as it was."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.run_seed(index))
+            yield
+
     # ---- evaluation by greedy decoding (and, if asked, k samples per question) -------------
     @property
     def eval_samples(self) -> int:
@@ -134,9 +149,7 @@ class ReasoningModule(L.LightningModule):
         prompt_ids, prompt_mask = batch["prompt_ids"].repeat_interleave(k, 0), batch["prompt_mask"].repeat_interleave(k, 0)
         chunk = max(k, self.config.data.eval_batch_size // k * k)  # whole questions per generate call
         texts: list[str] = []
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed((self.config.seed * 1_000_003 + self.global_rank) * 1_000_003 + batch_idx)
+        with self.seeded(batch_idx):
             for start in range(0, rows * k, chunk):
                 responses, mask = generate(
                     self.policy.lm, prompt_ids[start : start + chunk], prompt_mask[start : start + chunk], self.tokenizer,

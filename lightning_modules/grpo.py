@@ -10,14 +10,13 @@ from dataclasses import dataclass
 
 import torch
 
-from datamodules.answers import is_correct
 from lightning_modules.config import require
 from lightning_modules.losses import (
     aggregate_loss,
     clipped_surrogate,
     grpo_advantages,
     kl_k3,
-    majority_answer,
+    majority_agreement,
     masked_mean,
     rule_reward,
 )
@@ -65,7 +64,7 @@ class GRPOModule(RLModule):
         return self.config.algo.kl_coef > 0
 
     def score(self, rollout: Rollout) -> None:
-        response_ids, mask = rollout["response_ids"], rollout["response_mask"]
+        response_ids = rollout["response_ids"]
         logits, _ = self.response_forward(self.policy, rollout["input_ids"], rollout["attention_mask"], response_ids.size(1))
         rollout["logp_old"] = self.logprobs(logits, response_ids)
         self.rollout_metrics(rollout, logits)
@@ -83,12 +82,8 @@ class GRPOModule(RLModule):
         if self.algo.reward == "rule":
             rewards = [rule_reward(p, g) for p, g in zip(predictions, rollout["answer"].tolist())]
         else:
-            group = self.algo.samples_per_prompt
-            rewards, shares = [], []
-            for start in range(0, len(predictions), group):
-                majority, share = majority_answer(predictions[start : start + group])
-                shares.append(share)
-                rewards += [float(p is not None and majority is not None and is_correct(p, majority)) for p in predictions[start : start + group]]
+            agrees, shares = majority_agreement(predictions, self.algo.samples_per_prompt)
+            rewards = [float(a) for a in agrees]
             rollout.metrics["majority_share"] = torch.tensor(shares).mean()
         return torch.tensor(rewards, device=self.device)
 

@@ -379,6 +379,19 @@ def majority_answer(answers: list[float | None]) -> tuple[float | None, float]:
     return representatives[best], counts[best] / len(answers)
 
 
+def majority_agreement(answers: list[float | None], group: int) -> tuple[list[bool], list[float]]:
+    """For consecutive groups of ``group`` answers: whether each answer agrees with its group's
+    majority answer (an unparsed one never does), and each group's majority share."""
+    agrees: list[bool] = []
+    shares: list[float] = []
+    for start in range(0, len(answers), group):
+        members = answers[start : start + group]
+        majority, share = majority_answer(members)
+        shares.append(share)
+        agrees += [a is not None and majority is not None and is_correct(a, majority) for a in members]
+    return agrees, shares
+
+
 # ---- RLSC (spec section 4) -------------------------------------------------------------------
 def sequence_logp(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """``s = sum_t log p(tokens[:, t])`` over positions where ``mask`` is 1; aligned inputs

@@ -161,7 +161,7 @@ class RLModule(ReasoningModule):
     def sampling_seed(self) -> int:
         """Sampling depends only on (seed, rank, step): ranks differ, and a resumed run draws
         the same responses an uninterrupted one would have."""
-        return (self.config.seed * 1_000_003 + self.global_rank) * 1_000_003 + self.global_step
+        return self.run_seed(self.global_step)
 
     @torch.no_grad()
     def rollout(self, batch: dict[str, torch.Tensor]) -> Rollout:
@@ -169,9 +169,7 @@ class RLModule(ReasoningModule):
         n = self.algo.samples_per_prompt
         prompt_ids = batch["prompt_ids"].repeat_interleave(n, 0)
         prompt_mask = batch["prompt_mask"].repeat_interleave(n, 0)
-        devices = [self.device] if self.device.type == "cuda" else []
-        with eval_mode(self.policy), torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.sampling_seed())
+        with eval_mode(self.policy), self.seeded(self.global_step):
             sequences = self.policy.lm.generate(
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,

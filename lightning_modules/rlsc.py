@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import torch
 
 from lightning_modules.config import require
-from datamodules.answers import is_correct
 from lightning_modules.losses import (
     agreement_confidence,
     grpo_advantages,
-    majority_answer,
+    majority_agreement,
     reinforce_loss,
     rlsc_loss,
+    sequence_logp,
     token_confidence,
 )
 from lightning_modules.rl_base import RLConfig, RLModule, Rollout
@@ -91,7 +91,7 @@ class RLSCModule(RLModule):
     def confidence_logp(self, logits: torch.Tensor, response_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """s_k = sum of the response's token log-probs at the scoring temperature (divided by its
         length with ``length_normalize``); ``[N]``."""
-        s = (self.logprobs(logits, response_ids) * mask).sum(-1)
+        s = sequence_logp(logits, response_ids, mask, self.score_temperature)
         return s / mask.sum(-1).clamp(min=1) if self.algo.length_normalize else s
 
     # ---- scoring (no gradient) --------------------------------------------------------------
@@ -108,14 +108,12 @@ class RLSCModule(RLModule):
         rollout.metrics["agreement"] = torch.stack(
             [agreement_confidence(torch.softmax(scaled[i : i + k], -1), mask[i : i + k]) for i in range(0, len(rollout), k)]
         ).mean()
-        groups = [rollout.predictions[i : i + k] for i in range(0, len(rollout), k)]
-        majorities = [majority_answer(group) for group in groups]
-        rollout.metrics["majority_share"] = torch.tensor([share for _, share in majorities]).mean()
+        agrees, shares = majority_agreement(rollout.predictions, k)
+        rollout.metrics["majority_share"] = torch.tensor(shares).mean()
         if self.algo.reward == "self_confidence":
             return
         rewards = confidence.clone()
         if self.algo.reward == "majority":
-            agrees = [p is not None and m is not None and is_correct(p, m) for (m, _), group in zip(majorities, groups) for p in group]
             rewards = rewards * torch.tensor(agrees, device=self.device, dtype=rewards.dtype)
         if self.algo.format_bonus:
             parsed = torch.tensor([p is not None for p in rollout.predictions], device=self.device, dtype=rewards.dtype)

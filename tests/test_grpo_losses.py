@@ -139,3 +139,11 @@ def test_agreement_confidence_by_hand():
     assert math.isclose(agreement_confidence(probs, mask).item(), 0.5, rel_tol=1e-6)
     identical = torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]]])
     assert math.isclose(agreement_confidence(identical, torch.ones(2, 1)).item(), 1.0)
+
+
+def test_majority_agreement_per_group_by_hand():
+    from lightning_modules.losses import majority_agreement
+
+    agrees, shares = majority_agreement([2.0, 2.004, 5.0, None, None, None, 7.0, 8.0], group=4)
+    assert agrees == [True, True, False, False, False, False, True, False]  # a tie goes to the first seen
+    assert shares == [0.5, 0.25]
