@@ -24,7 +24,7 @@ from lightning_modules.distributed import all_reduce_mean
 from lightning_modules.losses import entropy_from_logits, masked_mean, token_logprobs
 from lightning_modules.policy import Policy
 from datamodules.answers import extract_answer, is_correct
-from lightning_modules.rollout import decode, response_mask
+from lightning_modules.rollout import decode, response_logits, response_mask
 
 
 @dataclass
@@ -205,13 +205,8 @@ class RLModule(ReasoningModule):
     def response_forward(
         self, policy: Policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, hidden: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits ``[N, T, V]`` that score the last ``response_length`` tokens (``logits[:, t]``
-        scores response token t) and, if asked, the hidden states they come from, ``[N, T, H]``."""
-        logits, states = policy(input_ids, attention_mask, return_hidden=hidden, logits_to_keep=response_length + 1)
-        logits = logits[:, :-1]
-        if states is not None:
-            states = states[:, -response_length - 1 : -1]
-        return logits, states
+        """See :func:`~lightning_modules.rollout.response_logits`."""
+        return response_logits(policy, input_ids, attention_mask, response_length, hidden)
 
     def logprobs(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return token_logprobs(logits, tokens, self.score_temperature)

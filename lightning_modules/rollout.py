@@ -42,6 +42,19 @@ def generate(
     return responses, response_mask(responses, tokenizer.eos_token_id)
 
 
+def response_logits(
+    policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, hidden: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits ``[N, T, V]`` that score the last ``response_length`` tokens of ``input_ids``
+    (``logits[:, t]`` scores response token t) and, if asked, the hidden states they come from,
+    ``[N, T, H]``. Only those positions go through the vocabulary projection."""
+    logits, states = policy(input_ids, attention_mask, return_hidden=hidden, logits_to_keep=response_length + 1)
+    logits = logits[:, :-1]
+    if states is not None:
+        states = states[:, -response_length - 1 : -1]
+    return logits, states
+
+
 def decode(tokenizer: PreTrainedTokenizerBase, response_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
     return [tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(response_ids, mask)]
 

@@ -34,3 +34,11 @@ def test_majority_correct_ties_unparsed_and_tolerance():
     assert majority_correct([3.0, 4.0], 3.0) and not majority_correct([3.0, 4.0], 4.0)  # a tie goes to the first seen
     assert majority_correct([2.001, 2.0, 7.0], 2.0)  # equal within the 1e-2 tolerance
     assert not majority_correct([None, None], 2.0)
+
+
+def test_pass_at_k_equals_the_closed_form_for_every_small_case():
+    for n in range(1, 11):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                closed = 1 - math.comb(n - c, k) / math.comb(n, k)
+                assert math.isclose(pass_at_k(n, c, k), closed, rel_tol=1e-12, abs_tol=1e-12), (n, c, k)

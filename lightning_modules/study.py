@@ -1,0 +1,453 @@
+"""The comparison study (``scripts/compare.py``): one warm-up, then SFT-continued, PPO, CARFT,
+GRPO and RLSC from it for several seeds with matched budgets, each evaluated on the test split.
+
+**Budget.** Every run learns from the same number of responses: sampled responses for the
+RL methods (questions per step x samples per question x steps), annotated targets for
+SFT-continued (batch x steps). The embedded configs all take 64 per step, so 6400 is 100
+steps of each RL method and 400 steps of SFT at batch 16.
+
+**Efficiency.** "Samples to +N" is the number of responses a run had learned from at the
+first in-run validation whose greedy accuracy reached the warm-up's plus N points (the same
+200 validation questions for every run, checked every ``val_every`` samples).
+
+Every run is a ``scripts/train.py`` process and every evaluation a ``scripts/evaluate.py``
+process, so each can be re-run alone from ``commands.sh``. Finished work is found and kept:
+running the same command again continues an interrupted study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lightning_modules.evaluation import read_result
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = {"sft": "SFT-continued", "ppo": "PPO (ReFT)", "carft": "CARFT", "grpo": "GRPO", "rlsc": "RLSC"}
+COLORS = {"warmup": "#555555", "sft": "#1f77b4", "ppo": "#ff7f0e", "carft": "#2ca02c", "grpo": "#9467bd", "rlsc": "#d62728"}
+WARMUP = "sft-warmup"
+
+
+@dataclass
+class Task:
+    name: str
+    argv: list[str]
+    needs: list[str] = field(default_factory=list)
+    done: Path | None = None  # exists when the task has finished before
+    status: str = "waiting"  # waiting, running, done, failed, skipped
+    alone: bool = False  # nothing else can run beside it (the warm-up): it gets every core
+    seconds: float = 0.0
+
+
+def run_name(method: str, seed: int) -> str:
+    return f"{'sft-continued' if method == 'sft' else method}-s{seed}"
+
+
+# ---- planning --------------------------------------------------------------------------------
+def per_step_samples(method: str, overrides: list[str]) -> int:
+    """Responses one optimizer step learns from, by the method's config and the overrides."""
+    from lightning_modules.run import parse_config
+
+    config, _, _, _ = parse_config(["--method", method, *overrides])
+    return config.data.batch_size * getattr(config.algo, "samples_per_prompt", 1)
+
+
+def plan(args: argparse.Namespace) -> tuple[list[Task], dict[str, dict]]:
+    """The study's tasks (train and evaluate, with what each waits for) and each run's facts."""
+    out, train, evaluate = Path(args.out), str(ROOT / "scripts" / "train.py"), str(ROOT / "scripts" / "evaluate.py")
+    runs = out / "runs"
+    common = ["--runs_dir", str(runs), *args.quick_overrides, *args.train_args]
+    tasks = [Task(WARMUP, [sys.executable, train, "--method", "sft", "--run_name", WARMUP, "--seed", "0", *common, *args.warmup_overrides],
+                  done=runs / WARMUP / "hf" / "config.json", alone=True)]
+    eval_args = ["--samples", str(args.samples), "--temperature", str(args.temperature), *args.eval_overrides]
+    facts: dict[str, dict] = {WARMUP: {"method": "warmup", "seed": 0, "per_step": None}}
+    tasks.append(Task(f"eval {WARMUP}", [sys.executable, evaluate, str(runs / WARMUP), *eval_args, "--output", str(out / "eval" / f"{WARMUP}.json")],
+                      needs=[WARMUP], done=out / "eval" / f"{WARMUP}.json"))
+    for method in args.methods:
+        overrides = [*common, *args.method_overrides.get(method, [])]
+        if method == "sft":  # continue supervised training from the warm-up, at a lower constant lr
+            overrides = ["--config", str(ROOT / "configs" / "sft_continued.yaml"), "--model.name_or_path", str(runs / WARMUP / "hf"), *overrides]
+        if method == "rlsc":
+            overrides += ["--algo.eval_samples", "0"]  # sampled metrics come from the test evaluation
+        per_step = per_step_samples(method, overrides)
+        steps = max(1, args.budget // per_step)
+        val_steps = max(1, min(steps, args.val_every // per_step))
+        for seed in range(args.seeds):
+            name = run_name(method, seed)
+            argv = [sys.executable, train, "--method", method, "--seed", str(seed), "--run_name", name, *overrides,
+                    "--trainer.max_steps", str(steps), "--trainer.val_every_n_steps", str(val_steps),
+                    "--trainer.checkpoint_every_n_steps", str(steps)]
+            facts[name] = {"method": method, "seed": seed, "per_step": per_step, "steps": steps}
+            tasks.append(Task(name, argv, needs=[WARMUP], done=runs / name / "hf" / "config.json"))
+            result = out / "eval" / f"{name}.json"
+            tasks.append(Task(f"eval {name}", [sys.executable, evaluate, str(runs / name), *eval_args, "--output", str(result)],
+                              needs=[name], done=result))
+    return tasks, facts
+
+
+def resume_argv(task: Task, runs: Path) -> list[str]:
+    """An interrupted run with a checkpoint continues from it; one without starts again."""
+    folder = runs / task.name
+    if folder.exists() and not (folder / "hf" / "config.json").is_file():
+        if (folder / "checkpoints" / "last.ckpt").is_file():
+            return [task.argv[0], task.argv[1], "--resume", str(folder)]
+        shutil.rmtree(folder)  # nothing trained was kept: no checkpoint
+    return task.argv
+
+
+# ---- running ---------------------------------------------------------------------------------
+def execute(tasks: list[Task], out: Path, jobs: int) -> None:
+    """Run the tasks, at most ``jobs`` at a time, each with its share of the CPU threads."""
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+
+    def env(task: Task) -> dict[str, str]:
+        # A fixed share per task (not whatever is free), so a re-run computes alike.
+        threads = str(cores if task.alone else max(1, cores // jobs))
+        return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+
+    by_name = {t.name: t for t in tasks}
+    for task in tasks:
+        if task.done is not None and task.done.exists():
+            task.status = "done"
+    total = sum(t.status != "done" for t in tasks)
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    started_count = 0
+    try:
+        while True:
+            for task in tasks:
+                if task.status == "waiting" and any(by_name[n].status in ("failed", "skipped") for n in task.needs):
+                    task.status = "skipped"
+            ready = [t for t in tasks if t.status == "waiting" and all(by_name[n].status == "done" for n in t.needs)]
+            for task in ready[: max(0, jobs - len(running))]:
+                argv = resume_argv(task, out / "runs") if not task.name.startswith("eval ") else task.argv
+                log = open(logs / f"{task.name.replace(' ', '-')}.log", "a")
+                log.write(f"$ {shlex.join(argv)}\n")
+                log.flush()
+                running[task.name] = (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env(task)), time.perf_counter())
+                log.close()
+                task.status, started_count = "running", started_count + 1
+                print(f"[{started_count:>2}/{total}] {task.name} started", flush=True)
+            if not running:
+                break
+            time.sleep(1.0)
+            for name, (process, began) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                task = by_name[name]
+                task.seconds = time.perf_counter() - began
+                task.status = "done" if process.returncode == 0 else "failed"
+                del running[name]
+                how = f"done in {task.seconds / 60:.1f} min" if task.status == "done" else f"FAILED (exit {process.returncode}); see {logs}/{name.replace(' ', '-')}.log"
+                print(f"        {name} {how}", flush=True)
+    finally:
+        for process, _ in running.values():
+            process.terminate()
+        for process, _ in running.values():
+            process.wait()
+
+
+# ---- reading results -------------------------------------------------------------------------
+def curves(run_dir: Path, per_step: int | None) -> dict[str, list[tuple[float, float, float]]]:
+    """A run's scalars as ``{tag: [(samples seen, value, seconds since start), ...]}``.
+
+    Lightning logs an in-fit validation (and the training metrics) with the step counter
+    before it advances, so a point logged at step s was taken after s + 1 steps; the
+    validation before training is the first point at step 0.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    events = {tag: accumulator.Scalars(tag) for tag in accumulator.Tags()["scalars"]}
+    start = min((e.wall_time for series in events.values() for e in series), default=0.0)
+    out = {}
+    for tag, series in events.items():
+        if tag.startswith("test/"):
+            continue
+        points: dict[int, tuple[float, float]] = {}
+        for index, event in enumerate(sorted(series, key=lambda e: e.wall_time)):
+            steps = 0 if (tag.startswith("val/") and index == 0) else event.step + 1
+            points[steps] = (event.value, event.wall_time - start)  # a resumed run's repeat replaces the first
+        out[tag] = [(s * (per_step or 0), v, t) for s, (v, t) in sorted(points.items())]
+    return out
+
+
+def first_reaching(curve: list[tuple[float, float, float]], target: float) -> tuple[float, float] | None:
+    """(samples, seconds) at the first point whose value is at least ``target``."""
+    for samples, value, seconds in curve:
+        if value >= target - 1e-9:
+            return samples, seconds
+    return None
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(args: argparse.Namespace, facts: dict[str, dict], tasks: list[Task]) -> dict:
+    """Everything the table and plots show, from the result files and the runs' event files."""
+    out, runs = Path(args.out), Path(args.out) / "runs"
+    warmup_eval = read_result(out / "eval" / f"{WARMUP}.json")
+    warmup_val = curves(runs / WARMUP, None)["val/accuracy"][-1][1]
+    k = args.samples
+    keys = {"pass@1": "accuracy", f"pass@{k}": f"sampled/pass@{k}", f"maj@{k}": f"sampled/maj@{k}",
+            "sampled pass@1": "sampled/pass@1", "response length": "response_length", "seq confidence": "sampled/seq_confidence"}
+    rows = {"warmup": {"runs": [WARMUP], **{name: [warmup_eval["metrics"][key]] for name, key in keys.items()}}}
+    run_curves: dict[str, dict] = {}
+    for name, fact in facts.items():
+        if name == WARMUP:
+            continue
+        result = read_result(out / "eval" / f"{name}.json")
+        row = rows.setdefault(fact["method"], {"runs": []})
+        row["runs"].append(name)
+        for label, key in keys.items():
+            row.setdefault(label, []).append(result["metrics"][key])
+        run_curves[name] = curves(runs / name, fact["per_step"])
+        row.setdefault("minutes", []).append(run_curves[name]["val/accuracy"][-1][2] / 60)
+        for gain in args.gains:
+            reached = first_reaching(run_curves[name]["val/accuracy"], warmup_val + gain / 100)
+            row.setdefault(f"to +{gain:g}", []).append(reached)
+    return {"warmup_val_accuracy": warmup_val, "rows": rows, "curves": run_curves, "facts": facts,
+            "seconds": {t.name: round(t.seconds, 1) for t in tasks if t.seconds}}
+
+
+# ---- writing ---------------------------------------------------------------------------------
+def _pct(values: list[float]) -> str:
+    mean, std = mean_std(values)
+    return f"{100 * mean:.1f}" if len(values) == 1 else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def _reach(values: list[tuple[float, float] | None]) -> str:
+    hits = [v for v in values if v is not None]
+    if not hits:
+        return f"not reached (0/{len(values)})"
+    samples = statistics.median(v[0] for v in hits)
+    minutes = statistics.median(v[1] for v in hits) / 60
+    return f"{samples:,.0f} ({minutes:.1f} min; {len(hits)}/{len(values)})"
+
+
+def table(summary: dict, args: argparse.Namespace) -> str:
+    k = args.samples
+    gains = [f"to +{g:g}" for g in args.gains]
+    header = ["method", "seeds", "pass@1 (greedy)", f"pass@{k}", f"maj@{k}", "sampled pass@1", "response length",
+              "seq confidence", *[f"samples {g} pts (time; seeds)" for g in gains], "train min"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, row in summary["rows"].items():
+        label = "warm-up (start of every run)" if method == "warmup" else LABELS[method]
+        cells = [label, str(len(row["runs"])), _pct(row["pass@1"]), _pct(row[f"pass@{k}"]), _pct(row[f"maj@{k}"]),
+                 _pct(row["sampled pass@1"]), f"{statistics.fmean(row['response length']):.1f}",
+                 f"{statistics.fmean(row['seq confidence']):.3f}"]
+        if method == "warmup":
+            cells += ["-"] * (len(gains) + 1)
+        else:
+            cells += [_reach(row[g]) for g in gains] + [f"{statistics.fmean(row['minutes']):.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def efficiency_lines(summary: dict, args: argparse.Namespace) -> list[str]:
+    """CARFT against PPO: samples to each threshold, and the seeds' response-length gain."""
+    rows, lines = summary["rows"], []
+    if "carft" not in rows or "ppo" not in rows:
+        return lines
+    for gain in args.gains:
+        c, p = ([v[0] for v in rows[m][f"to +{gain:g}"] if v is not None] for m in ("carft", "ppo"))
+        if c and p:
+            lines.append(f"- Samples to +{gain:g} points, CARFT vs PPO: 1 - {statistics.median(c):,.0f} / {statistics.median(p):,.0f} = "
+                         f"{100 * (1 - statistics.median(c) / statistics.median(p)):+.1f}% (median over the seeds that reached it).")
+        else:
+            lines.append(f"- Samples to +{gain:g} points, CARFT vs PPO: not defined (CARFT reached it in {len(c)}, PPO in {len(p)} of {args.seeds} seeds).")
+    length = {m: statistics.fmean(rows[m]["response length"]) for m in ("carft", "ppo")}
+    lines.append(f"- Response-length efficiency gain (the seeds' definition), CARFT vs PPO: 1 - {length['carft']:.1f} / {length['ppo']:.1f} = "
+                 f"{100 * (1 - length['carft'] / length['ppo']):+.1f}%.")
+    return lines
+
+
+def plots(summary: dict, out: Path, args: argparse.Namespace) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_method: dict[str, list[str]] = {}
+    for name, fact in summary["facts"].items():
+        if name != WARMUP:
+            by_method.setdefault(fact["method"], []).append(name)
+
+    def band(ax, tag: str, scale: float = 1.0) -> bool:
+        drawn = False
+        for method, names in by_method.items():
+            series = [summary["curves"][n].get(tag) for n in names]
+            if not all(series):
+                continue
+            length = min(len(s) for s in series)
+            x = [series[0][i][0] / 1000 for i in range(length)]
+            values = [[s[i][1] * scale for s in series] for i in range(length)]
+            mean = [statistics.fmean(v) for v in values]
+            ax.plot(x, mean, color=COLORS[method], label=LABELS[method], lw=1.8)
+            if len(series) > 1:
+                ax.fill_between(x, [min(v) for v in values], [max(v) for v in values], color=COLORS[method], alpha=0.15, lw=0)
+            drawn = True
+        return drawn
+
+    written = []
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    band(ax, "val/accuracy", 100)
+    warm = 100 * summary["warmup_val_accuracy"]
+    ax.axhline(warm, color=COLORS["warmup"], ls="--", lw=1, label=f"warm-up ({warm:.1f})")
+    for gain in args.gains:
+        ax.axhline(warm + gain, color=COLORS["warmup"], ls=":", lw=0.8)
+        ax.text(ax.get_xlim()[0], warm + gain, f" +{gain:g}", va="bottom", fontsize=8, color=COLORS["warmup"])
+    ax.set(xlabel="responses learned from (thousands)", ylabel="greedy accuracy, % (200 validation questions)",
+           title=f"Held-out accuracy during training (mean; band: min-max over {args.seeds} seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    written.append(out / "accuracy.png")
+    fig.savefig(written[-1])
+    plt.close(fig)
+
+    panels = [("train/reward", "reward (rule; CARFT: with partial reward)"), ("train/kl", "KL to the reference (per token)"),
+              ("train/response_length", "response length, tokens (training samples)"), ("train/seq_confidence", "RLSC: sequence confidence exp(s)")]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), dpi=110)
+    for ax, (tag, title) in zip(axes.flat, panels):
+        if not band(ax, tag):
+            ax.text(0.5, 0.5, "not logged by these runs", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=title, xlabel="responses learned from (thousands)")
+        ax.grid(alpha=0.3)
+    handles = [h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]]
+    labels = [lab for ax in axes.flat for lab in ax.get_legend_handles_labels()[1]]
+    unique = dict(zip(labels, handles))
+    fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=len(unique), fontsize=9)
+    fig.suptitle(f"Training curves (mean; band: min-max over {args.seeds} seeds)")
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    written.append(out / "training.png")
+    fig.savefig(written[-1])
+    plt.close(fig)
+    return written
+
+
+def write_report(summary: dict, args: argparse.Namespace, tasks: list[Task], argv: list[str], minutes: float) -> Path:
+    out = Path(args.out)
+    images = plots(summary, out, args)
+    k = args.samples
+    lines = [
+        "# Comparison study",
+        "",
+        f"Command: `python scripts/compare.py {shlex.join(argv)}`",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {_torch_version()}; "
+        f"{args.jobs} jobs at a time. Wall time of this invocation: {minutes:.1f} min.",
+        "",
+        f"Every run starts from the same SFT warm-up and learns from {args.budget:,} responses (matched budget: sampled responses for "
+        f"the RL methods, annotated targets for SFT-continued). Test split: {_questions(out)} questions; "
+        f"pass@1 is greedy; pass@{k}, maj@{k}, sampled pass@1 and sequence confidence come from {k} samples per question at temperature "
+        f"{args.temperature:g}. Mean ± standard deviation over seeds (percent). \"Samples to +N pts\": responses learned from at the first "
+        f"in-run validation (greedy, on the validation split, every {args.val_every:,} responses) at or above the warm-up's "
+        f"{100 * summary['warmup_val_accuracy']:.1f}% + N points; median over the seeds that reached it.",
+        "",
+        table(summary, args),
+        "",
+        *efficiency_lines(summary, args),
+        "",
+        *[f"![{p.stem}]({p.name})" for p in images],
+        "",
+        "Runs, configs and commands: `runs/<run>/config.yaml`, `commands.sh`; evaluations: `eval/<run>.json`; logs: `logs/`.",
+    ]
+    report = out / "results.md"
+    report.write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "curves"}, indent=1, default=str) + "\n")
+    return report
+
+
+def _questions(out: Path) -> int:
+    return read_result(out / "eval" / f"{WARMUP}.json")["metrics"]["questions"]
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+# ---- command line ----------------------------------------------------------------------------
+QUICK_OVERRIDES = [  # a study in about a minute: the smallest model and data that run every path
+    "--model.embedded.hidden_size", "32", "--model.embedded.num_layers", "2", "--model.embedded.num_heads", "2",
+    "--model.embedded.intermediate_size", "64", "--data.synthetic.num_train", "200", "--data.synthetic.num_val", "8",
+    "--data.synthetic.num_test", "8", "--data.eval_batch_size", "8", "--trainer.max_new_tokens", "12",
+    "--trainer.log_every_n_steps", "1",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compare.py",
+        description="Train the warm-up once, then every method from it for several seeds with matched budgets; "
+        "evaluate each on the test split; write a table, plots and every command to --out. "
+        "Arguments after -- go to every scripts/train.py run.",
+    )
+    parser.add_argument("--out", default="results/study", help="results folder (default: results/study); re-running continues it")
+    parser.add_argument("--methods", nargs="+", default=list(LABELS), choices=list(LABELS), help="sft means SFT continued from the warm-up")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
+    parser.add_argument("--budget", type=int, default=6400, help="responses each run learns from (default: 6400 = 100 RL steps of 64)")
+    parser.add_argument("--val_every", type=int, default=640, help="responses between in-run validations (default: 640)")
+    parser.add_argument("--samples", type=int, default=8, help="samples per test question for pass@k and maj@k (default: 8)")
+    parser.add_argument("--temperature", type=float, default=0.7, help="their temperature (default: 0.7, the RL runs' sampling temperature)")
+    parser.add_argument("--gains", type=float, nargs="+", default=[2.0, 5.0], help="accuracy thresholds above the warm-up, in points (default: 2 5)")
+    parser.add_argument("--jobs", type=int, default=2, help="processes at a time, sharing the CPU cores (default: 2)")
+    parser.add_argument("--quick", action="store_true", help="a tiny model, one seed and a handful of steps: checks the machinery, not the methods")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ours, train_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    args = build_parser().parse_args(ours)
+    args.train_args = train_args
+    for name in ("seeds", "budget", "val_every", "samples", "jobs"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name} must be at least 1, got {getattr(args, name)}", file=sys.stderr)
+            return 2
+    if args.samples < 2:
+        print("error: --samples must be at least 2 for pass@k and maj@k", file=sys.stderr)
+        return 2
+    args.quick_overrides, args.warmup_overrides, args.method_overrides, args.eval_overrides = [], [], {}, []
+    if args.quick:
+        args.seeds, args.budget, args.val_every, args.samples = 1, 8, 4, 2
+        args.quick_overrides = QUICK_OVERRIDES
+        args.warmup_overrides = ["--trainer.max_steps", "4", "--trainer.val_every_n_steps", "2", "--data.batch_size", "4"]
+        args.method_overrides = {m: ["--data.batch_size", "2"] for m in LABELS} | {
+            m: ["--data.batch_size", "2", "--algo.samples_per_prompt", "2"] for m in ("grpo", "rlsc")}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        tasks, facts = plan(args)
+    except Exception as error:  # a bad pass-through argument: the training parser's sentence
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    (out / "commands.sh").write_text("#!/usr/bin/env bash\n# Every run and evaluation of this study, in order.\nset -e\n"
+                                     + "".join(f"{shlex.join(t.argv)}\n" for t in tasks))
+    execute(tasks, out, args.jobs)
+    failed = [t.name for t in tasks if t.status in ("failed", "skipped")]
+    if failed:
+        print(f"error: {len(failed)} tasks did not finish ({', '.join(failed)}); logs are in {out / 'logs'}. "
+              f"Run the same command again to continue.", file=sys.stderr)
+        return 1
+    summary = summarise(args, facts, tasks)
+    report = write_report(summary, args, tasks, argv, (time.perf_counter() - started) / 60)
+    print(report.read_text())
+    print(f"Written to {report}")
+    return 0
