@@ -150,6 +150,8 @@ def execute(tasks: list[Task], out: Path, jobs: int) -> None:
                 task.seconds = time.perf_counter() - began
                 task.status = "done" if process.returncode == 0 else "failed"
                 del running[name]
+                if task.status == "done":
+                    record_time(out, name, task.seconds)
                 how = f"done in {task.seconds / 60:.1f} min" if task.status == "done" else f"FAILED (exit {process.returncode}); see {logs}/{name.replace(' ', '-')}.log"
                 print(f"        {name} {how}", flush=True)
     finally:
@@ -157,6 +159,14 @@ def execute(tasks: list[Task], out: Path, jobs: int) -> None:
             process.terminate()
         for process, _ in running.values():
             process.wait()
+
+
+def record_time(out: Path, name: str, seconds: float) -> None:
+    """Each finished task's wall seconds in ``timing.json``, kept across invocations."""
+    path = out / "timing.json"
+    timing = json.loads(path.read_text()) if path.exists() else {}
+    timing[name] = round(seconds, 1)
+    path.write_text(json.dumps(timing, indent=1) + "\n")
 
 
 # ---- reading results -------------------------------------------------------------------------
@@ -220,8 +230,17 @@ def summarise(args: argparse.Namespace, facts: dict[str, dict], tasks: list[Task
         for gain in args.gains:
             reached = first_reaching(run_curves[name]["val/accuracy"], warmup_val + gain / 100)
             row.setdefault(f"to +{gain:g}", []).append(reached)
-    return {"warmup_val_accuracy": warmup_val, "rows": rows, "curves": run_curves, "facts": facts,
-            "seconds": {t.name: round(t.seconds, 1) for t in tasks if t.seconds}}
+    timing = out / "timing.json"
+    return {"warmup_val_accuracy": warmup_val, "val_questions": _val_questions(runs / WARMUP), "rows": rows, "curves": run_curves,
+            "facts": facts, "seconds": json.loads(timing.read_text()) if timing.exists() else {}}
+
+
+def _val_questions(run_dir: Path) -> int:
+    """How many questions the in-run validation scored (the run's own limit and split)."""
+    import yaml
+
+    data = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]
+    return min(data["max_val_examples"], data["synthetic"]["num_val"]) if data["path"] == "synthetic" and not data["val_path"] else data["max_val_examples"]
 
 
 # ---- writing ---------------------------------------------------------------------------------
@@ -311,7 +330,7 @@ def plots(summary: dict, out: Path, args: argparse.Namespace) -> list[Path]:
     for gain in args.gains:
         ax.axhline(warm + gain, color=COLORS["warmup"], ls=":", lw=0.8)
         ax.text(ax.get_xlim()[0], warm + gain, f" +{gain:g}", va="bottom", fontsize=8, color=COLORS["warmup"])
-    ax.set(xlabel="responses learned from (thousands)", ylabel="greedy accuracy, % (200 validation questions)",
+    ax.set(xlabel="responses learned from (thousands)", ylabel=f"greedy accuracy, % ({summary['val_questions']} validation questions)",
            title=f"Held-out accuracy during training (mean; band: min-max over {args.seeds} seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
@@ -349,13 +368,14 @@ def write_report(summary: dict, args: argparse.Namespace, tasks: list[Task], arg
         "",
         f"Command: `python scripts/compare.py {shlex.join(argv)}`",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {_torch_version()}; "
-        f"{args.jobs} jobs at a time. Wall time of this invocation: {minutes:.1f} min.",
+        f"{args.jobs} jobs at a time. The runs and evaluations took {sum(summary['seconds'].values()) / 60:.0f} min of wall time "
+        f"summed over tasks (`timing.json`); this invocation took {minutes:.1f} min.",
         "",
         f"Every run starts from the same SFT warm-up and learns from {args.budget:,} responses (matched budget: sampled responses for "
         f"the RL methods, annotated targets for SFT-continued). Test split: {_questions(out)} questions; "
         f"pass@1 is greedy; pass@{k}, maj@{k}, sampled pass@1 and sequence confidence come from {k} samples per question at temperature "
         f"{args.temperature:g}. Mean ± standard deviation over seeds (percent). \"Samples to +N pts\": responses learned from at the first "
-        f"in-run validation (greedy, on the validation split, every {args.val_every:,} responses) at or above the warm-up's "
+        f"in-run validation (greedy, {summary['val_questions']} validation questions, every {args.val_every:,} responses) at or above the warm-up's "
         f"{100 * summary['warmup_val_accuracy']:.1f}% + N points; median over the seeds that reached it.",
         "",
         table(summary, args),
