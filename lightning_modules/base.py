@@ -54,6 +54,10 @@ class ReasoningModule(L.LightningModule):
     """Whether training_step steps the optimizer itself (the RL methods)."""
 
     @classmethod
+    def validate_run(cls, config: RunConfig) -> None:
+        """Refuse, with one sentence, settings this method cannot run (before anything loads)."""
+
+    @classmethod
     def batch_kind(cls, config: RunConfig) -> str:
         """Which training batches the DataModule builds for this run (annotated, labeled, unlabeled)."""
         return cls.train_batches

@@ -109,16 +109,6 @@ class RLModule(ReasoningModule):
     def __init__(self, config, tokenizer, model_path: str) -> None:
         super().__init__(config, tokenizer, model_path)
         self.algo = config.algo
-        require(
-            not config.trainer.precision.startswith("16"),
-            f"RL methods clip gradients by hand, which fp16 loss scaling does not support; use bf16-mixed, not {config.trainer.precision}",
-        )
-        rows = config.data.batch_size * self.algo.samples_per_prompt // self.minibatch_group
-        require(
-            rows >= self.algo.minibatches,
-            f"algo.minibatches ({self.algo.minibatches}) is more than the {'questions' if self.minibatch_group > 1 else 'samples'} "
-            f"of a rollout ({rows}), so some updates would see nothing",
-        )
         self.build_heads()
         # Kept in a list so that it is not a submodule: no optimizer state, not in checkpoints,
         # not wrapped by DDP. It is the starting policy (spec section 0), loaded again from disk.
@@ -139,10 +129,28 @@ class RLModule(ReasoningModule):
         """The loss of one minibatch, with gradient, and metrics to average over the updates."""
         raise NotImplementedError
 
-    @property
-    def minibatch_group(self) -> int:
+    @classmethod
+    def group_rows(cls, config) -> int:
         """Rows that must stay in one minibatch (a question's samples, when the loss compares them)."""
         return 1
+
+    @property
+    def minibatch_group(self) -> int:
+        return self.group_rows(self.config)
+
+    @classmethod
+    def validate_run(cls, config) -> None:
+        require(
+            not config.trainer.precision.startswith("16"),
+            f"RL methods clip gradients by hand, which fp16 loss scaling does not support; use bf16-mixed, not {config.trainer.precision}",
+        )
+        group = cls.group_rows(config)
+        rows = config.data.batch_size * config.algo.samples_per_prompt // group
+        require(
+            rows >= config.algo.minibatches,
+            f"algo.minibatches ({config.algo.minibatches}) is more than the {'questions' if group > 1 else 'samples'} "
+            f"of a rollout ({rows}), so some updates would see nothing",
+        )
 
     # ---- shared machinery -----------------------------------------------------------------
     @property

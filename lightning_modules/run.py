@@ -127,6 +127,7 @@ def parse_config(argv: Sequence[str]) -> tuple[RunConfig, str | None, ArgumentPa
         algo=objects.algo,
     )
     config.validate()
+    METHODS[config.method].validate_run(config)
     if run_dir is not None:
         config.run_name, config.runs_dir = run_dir.name, str(run_dir.parent)
     if namespace.ckpt_path:

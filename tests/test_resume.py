@@ -225,6 +225,8 @@ def _with_callback(build, callback):
     (["--method", "sft", "--trainer.accelerator", "gpu"], "trainer settings cannot run here"),
     (["--method", "sft", "--trainer.strategy", "deepspeed_stage_2"], "trainer settings cannot run here"),
     (["--method", "sft", "--trainer.max_skipped_updates", "0"], "trainer.max_skipped_updates must be positive"),
+    (["--method", "ppo", "--trainer.precision", "16-mixed"], "RL methods clip gradients by hand"),
+    (["--method", "rlsc", "--data.batch_size", "2", "--algo.minibatches", "3"], "algo.minibatches (3) is more than the questions of a rollout (2)"),
     (["--method", "ppo", "--trainer.max_new_tokens", "400"], "data.max_prompt_tokens (256) + trainer.max_new_tokens (400) is more than the model's context of 512"),
 ])
 def test_impossible_settings_stop_before_a_model_is_loaded(capsys, tiny_args, monkeypatch, argv, expected):
