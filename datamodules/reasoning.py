@@ -108,20 +108,32 @@ class ReasoningDataModule(L.LightningDataModule):
             for kind in over:
                 too_long[kind] += 1
             if over:
-                if cfg.overlong == "drop":
+                if cfg.overlong == "error" and cfg.on_error == "raise":
+                    kind = over[0]
+                    length = len(prompt if kind == "prompt" else target)
+                    limit = getattr(cfg, f"max_{kind}_tokens")
+                    raise DataError(
+                        f"{self._source(split)} record {record.uid} has a {kind} of {length} tokens, over data.max_{kind}_tokens={limit}; "
+                        f"raise the limit, or set data.overlong drop or truncate (or data.on_error skip)"
+                    )
+                if cfg.overlong != "truncate":
                     continue
                 # Truncation keeps the end of a prompt (the question) and the start of a target.
                 prompt, target = prompt[-cfg.max_prompt_tokens :], target[: cfg.max_target_tokens]
             examples.append(Example(index, prompt, target, record.answer, bool(record.chain_of_thought)))
         for kind, count in too_long.items():
             if count:
-                action = "dropped" if cfg.overlong == "drop" else "truncated"
+                action = "truncated" if cfg.overlong == "truncate" else ("dropped" if cfg.overlong == "drop" else "skipped")
                 log.warning(
                     "%s %d of %d %s examples whose %s exceeds data.max_%s_tokens=%d",
                     action, count, len(records), split, kind, kind, getattr(cfg, f"max_{kind}_tokens"),
                 )
         self.overlong_counts |= {f"{split}_{k}": v for k, v in too_long.items()}
         return examples
+
+    def _source(self, split: str) -> str:
+        cfg = self.config
+        return {"val": cfg.val_path, "test": cfg.test_path}.get(split) or cfg.path
 
     # ---- batches -----------------------------------------------------------------------
     def _pad(self, sequences: list[list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]:

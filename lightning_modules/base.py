@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric
 from transformers import PreTrainedTokenizerBase
 
 from lightning_modules.config import RunConfig
+from lightning_modules.distributed import all_reduce_sum
 from lightning_modules.metrics import majority_correct
 from lightning_modules.policy import Policy
 from lightning_modules.rollout import check_answers, decode, generate
@@ -39,12 +40,22 @@ def lr_lambda(warmup_steps: int, total_steps: int, schedule: str, min_ratio: flo
     return factor
 
 
+class TrainingDiverged(RuntimeError):
+    """Too many optimizer updates in a row had a non-finite loss or gradient."""
+
+
 class ReasoningModule(L.LightningModule):
     """Base of every method. Subclasses set ``name``, ``Config``, ``train_batches`` and ``training_step``."""
 
     name: ClassVar[str]
     Config: ClassVar[type] = NoKnobs
     train_batches: ClassVar[str] = "annotated"
+    manual_optimization: ClassVar[bool] = False
+    """Whether training_step steps the optimizer itself (the RL methods)."""
+
+    @classmethod
+    def validate_run(cls, config: RunConfig) -> None:
+        """Refuse, with one sentence, settings this method cannot run (before anything loads)."""
 
     @classmethod
     def batch_kind(cls, config: RunConfig) -> str:
@@ -53,6 +64,7 @@ class ReasoningModule(L.LightningModule):
 
     def __init__(self, config: RunConfig, tokenizer: PreTrainedTokenizerBase, model_path: str) -> None:
         super().__init__()
+        self.automatic_optimization = not self.manual_optimization
         self.config, self.tokenizer = config, tokenizer
         self.policy = Policy.from_pretrained(model_path, config.model)
         names = ["accuracy", "response_length", "parse_rate"]
@@ -64,6 +76,8 @@ class ReasoningModule(L.LightningModule):
         )
         self._step_started, self._step_tokens = time.perf_counter(), 0
         self._samples: list[str] = []
+        self.skipped_updates, self.skipped_in_a_row = 0, 0
+        """Updates skipped for a non-finite loss or gradient: in all, and since the last good one (checkpointed)."""
 
     # ---- optimisation ------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -83,6 +97,38 @@ class ReasoningModule(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    # ---- numerical guard ------------------------------------------------------------------
+    def drop_update_if_not_finite(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
+        """Check the loss and every gradient; if any is NaN or infinite on any rank, drop all
+        gradients on every rank alike and return True. AdamW leaves parameters without a
+        gradient untouched (weights and moments), so the coming ``step()`` changes nothing.
+        After ``trainer.max_skipped_updates`` such updates in a row the run stops."""
+        grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
+        bad = (~torch.isfinite(loss.detach().float())).any()
+        if grads:
+            bad = bad | ~torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True))
+        bad = bool(all_reduce_sum(bad.float().reshape(1)).item() > 0)  # one verdict for every rank
+        if not bad:
+            self.skipped_in_a_row = 0
+            return False
+        optimizer.zero_grad(set_to_none=True)
+        self.skipped_updates += 1
+        self.skipped_in_a_row += 1
+        limit = self.config.trainer.max_skipped_updates
+        if self.skipped_in_a_row >= limit:
+            raise TrainingDiverged(
+                f"{self.skipped_in_a_row} optimizer updates in a row had a non-finite loss or gradient (the limit is "
+                f"trainer.max_skipped_updates={limit}), at step {self.global_step}; lower optim.lr or resume from an earlier checkpoint"
+            )
+        return True
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["method"] = self.name  # a resume with another method is refused
+        checkpoint["skipped_updates"] = [self.skipped_updates, self.skipped_in_a_row]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_updates, self.skipped_in_a_row = checkpoint.get("skipped_updates", [0, 0])
+
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._step_started, self._step_tokens = time.perf_counter(), 0
 
@@ -95,6 +141,7 @@ class ReasoningModule(L.LightningModule):
         seconds = time.perf_counter() - self._step_started
         self.log("perf/step_s", seconds)
         self.log("perf/tokens_per_s", self._step_tokens / max(seconds, 1e-9))
+        self.log("train/skipped_updates", float(self.skipped_updates))
 
     # ---- seeded sampling ------------------------------------------------------------------
     def run_seed(self, index: int) -> int:

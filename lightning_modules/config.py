@@ -100,11 +100,12 @@ class DataConfig:
     max_val_examples: int = 200
     """Validation questions used at each validation (greedy decoding is the cost)."""
     max_prompt_tokens: int = 256
-    """Longer prompts are dropped or truncated (overlong), with a logged count."""
+    """Longer prompts stop the run, or are dropped or truncated (see overlong)."""
     max_target_tokens: int = 256
-    """Longer annotated targets are dropped or truncated (overlong), with a logged count."""
-    overlong: str = "drop"
-    """What to do with an over-long prompt or target: 'drop' or 'truncate' (prompts keep their end)."""
+    """Longer annotated targets stop the run, or are dropped or truncated (see overlong)."""
+    overlong: str = "error"
+    """An over-long prompt or target: 'error' stops the run naming the row (with on_error skip: skipped and
+    counted); 'drop' or 'truncate' (prompts keep their end) it, with a logged count (ReFT drops them)."""
     batch_size: int = 32
     """Questions per training batch on each device."""
     bucket_batches: int = 8
@@ -120,7 +121,7 @@ class DataConfig:
         require(self.format in ("auto", "gsm8k", "reft", "svamp"), f"data.format must be auto, gsm8k, reft or svamp, got {self.format!r}")
         require(self.on_error in ("raise", "skip"), f"data.on_error must be raise or skip, got {self.on_error!r}")
         require(self.prompt_style in ("reft", "chat"), f"data.prompt_style must be reft or chat, got {self.prompt_style!r}")
-        require(self.overlong in ("drop", "truncate"), f"data.overlong must be drop or truncate, got {self.overlong!r}")
+        require(self.overlong in ("error", "drop", "truncate"), f"data.overlong must be error, drop or truncate, got {self.overlong!r}")
         for name in ("val_size", "max_val_examples", "max_prompt_tokens", "max_target_tokens", "batch_size", "eval_batch_size", "bucket_batches"):
             require(getattr(self, name) > 0, f"data.{name} must be positive, got {getattr(self, name)}")
         require(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
@@ -181,9 +182,11 @@ class TrainerConfig:
     """Keep a checkpoint every this many steps, besides last.ckpt."""
     max_new_tokens: int = 128
     """Generation budget at validation and test (ReFT: 300 for GSM8K)."""
+    max_skipped_updates: int = 10
+    """Stop the run after this many optimizer updates in a row had a non-finite loss or gradient (each is skipped)."""
 
     def validate(self) -> None:
-        for name in ("max_steps", "num_nodes", "val_every_n_steps", "log_every_n_steps", "checkpoint_every_n_steps", "max_new_tokens"):
+        for name in ("max_steps", "num_nodes", "val_every_n_steps", "log_every_n_steps", "checkpoint_every_n_steps", "max_new_tokens", "max_skipped_updates"):
             require(getattr(self, name) > 0, f"trainer.{name} must be positive, got {getattr(self, name)}")
         require(self.gradient_clip_val >= 0, f"trainer.gradient_clip_val must be >= 0, got {self.gradient_clip_val}")
         require(

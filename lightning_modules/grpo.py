@@ -44,6 +44,7 @@ class GRPOConfig(RLConfig):
 
     def validate(self) -> None:
         super().validate()
+        require(self.samples_per_prompt >= 2, f"algo.samples_per_prompt must be at least 2: a group-normalised advantage needs a group, got {self.samples_per_prompt}")
         require(self.clip_eps > 0, f"algo.clip_eps must be positive, got {self.clip_eps}")
         require(self.kl_coef >= 0, f"algo.kl_coef must be >= 0, got {self.kl_coef}")
         require(self.scale in ("group", "none"), f"algo.scale must be group or none, got {self.scale!r}")

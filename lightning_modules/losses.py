@@ -78,8 +78,9 @@ def kl_k1(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
 
 def kl_k3(logp: torch.Tensor, logp_ref: torch.Tensor, clamp: float = 20.0) -> torch.Tensor:
     """Per-token k3 estimator ``exp(ref - logp) - (ref - logp) - 1`` (>= 0, unbiased for
-    KL(pi || pi_ref) on samples of pi), with the log-ratio clamped to +-``clamp`` (spec section 5)."""
-    log_ratio = torch.clamp(logp_ref - logp, -clamp, clamp)
+    KL(pi || pi_ref) on samples of pi), with the log-ratio in float32 (or wider) clamped to +-``clamp`` (spec section 5)."""
+    wide = torch.promote_types(logp.dtype, torch.float32)
+    log_ratio = torch.clamp(logp_ref.to(wide) - logp.to(wide), -clamp, clamp)
     return torch.exp(log_ratio) - log_ratio - 1.0
 
 
@@ -125,8 +126,10 @@ def clipped_surrogate(
     logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, clip_eps: float = 0.2
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token ``max(-A * ratio, -A * clip(ratio, 1-eps, 1+eps))`` with ``ratio = exp(logp - logp_old)``,
-    and where the clipped term is the larger (bool)."""
-    ratio = torch.exp(logp - logp_old)
+    and where the clipped term is the larger (bool). The log-ratio is taken in float32 (or wider) and clamped
+    to +-20, so a stale or corrupted log-prob cannot overflow the ratio to inf."""
+    wide = torch.promote_types(logp.dtype, torch.float32)
+    ratio = torch.exp((logp.to(wide) - logp_old.to(wide)).clamp(-20.0, 20.0))
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     return torch.maximum(unclipped, clipped), clipped > unclipped

@@ -100,6 +100,7 @@ class RLModule(ReasoningModule):
 
     Config = RLConfig
     train_batches = "labeled"
+    manual_optimization = True
     progress_metrics: tuple[str, ...] = ("train/reward", "train/accuracy")
     """Shown on the progress bar."""
     uses_reference: bool = False
@@ -107,18 +108,7 @@ class RLModule(ReasoningModule):
 
     def __init__(self, config, tokenizer, model_path: str) -> None:
         super().__init__(config, tokenizer, model_path)
-        self.automatic_optimization = False
         self.algo = config.algo
-        require(
-            not config.trainer.precision.startswith("16"),
-            f"RL methods clip gradients by hand, which fp16 loss scaling does not support; use bf16-mixed, not {config.trainer.precision}",
-        )
-        rows = config.data.batch_size * self.algo.samples_per_prompt // self.minibatch_group
-        require(
-            rows >= self.algo.minibatches,
-            f"algo.minibatches ({self.algo.minibatches}) is more than the {'questions' if self.minibatch_group > 1 else 'samples'} "
-            f"of a rollout ({rows}), so some updates would see nothing",
-        )
         self.build_heads()
         # Kept in a list so that it is not a submodule: no optimizer state, not in checkpoints,
         # not wrapped by DDP. It is the starting policy (spec section 0), loaded again from disk.
@@ -139,10 +129,28 @@ class RLModule(ReasoningModule):
         """The loss of one minibatch, with gradient, and metrics to average over the updates."""
         raise NotImplementedError
 
-    @property
-    def minibatch_group(self) -> int:
+    @classmethod
+    def group_rows(cls, config) -> int:
         """Rows that must stay in one minibatch (a question's samples, when the loss compares them)."""
         return 1
+
+    @property
+    def minibatch_group(self) -> int:
+        return self.group_rows(self.config)
+
+    @classmethod
+    def validate_run(cls, config) -> None:
+        require(
+            not config.trainer.precision.startswith("16"),
+            f"RL methods clip gradients by hand, which fp16 loss scaling does not support; use bf16-mixed, not {config.trainer.precision}",
+        )
+        group = cls.group_rows(config)
+        rows = config.data.batch_size * config.algo.samples_per_prompt // group
+        require(
+            rows >= config.algo.minibatches,
+            f"algo.minibatches ({config.algo.minibatches}) is more than the {'questions' if group > 1 else 'samples'} "
+            f"of a rollout ({rows}), so some updates would see nothing",
+        )
 
     # ---- shared machinery -----------------------------------------------------------------
     @property
@@ -225,7 +233,7 @@ class RLModule(ReasoningModule):
         generator = torch.Generator().manual_seed(self.sampling_seed())
         # Every rank runs exactly `updates` optimizer steps: a data-dependent skip would leave
         # the other ranks waiting in the gradient all-reduce (DDP hangs).
-        done, group = 0, self.minibatch_group
+        done, applied, group = 0, 0, self.minibatch_group
         for _ in range(self.algo.ppo_epochs):
             groups = len(rollout) // group
             order = torch.randperm(groups, generator=generator) if self.algo.minibatches > 1 else torch.arange(groups)
@@ -234,16 +242,21 @@ class RLModule(ReasoningModule):
                 loss, metrics = self.loss(rollout.select(part.to(self.device)))
                 optimizer.zero_grad(set_to_none=True)
                 self.manual_backward(loss)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.config.trainer.gradient_clip_val or float("inf"))
                 done += 1
+                if self.drop_update_if_not_finite(optimizer, loss):
+                    self.optimizer_update(optimizer, last=done == updates)  # a no-op step: it still counts
+                    continue
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.config.trainer.gradient_clip_val or float("inf"))
                 self.optimizer_update(optimizer, last=done == updates)
+                applied += 1
                 metrics = {"loss": loss.detach(), "grad_norm": grad_norm.detach(), **metrics}
                 for key, value in metrics.items():
-                    sums[key] = sums[key] + value.detach().float() / updates
+                    sums[key] = sums[key] + value.detach().float()
         scheduler.step()
         updated = time.perf_counter()
 
-        logged = {f"train/{k}": v for k, v in {**rollout.metrics, **sums}.items()}
+        # Averages over the updates that were applied (every rank applied the same ones).
+        logged = {f"train/{k}": v for k, v in {**rollout.metrics, **{k: v / max(applied, 1) for k, v in sums.items()}}.items()}
         logged["perf/rollout_s"] = torch.tensor(scored - started)
         logged["perf/update_s"] = torch.tensor(updated - scored)
         self.log_metrics(logged)

@@ -84,9 +84,9 @@ class RLSCModule(RLModule):
     def eval_temperature(self) -> float:
         return self.config.algo.temperature
 
-    @property
-    def minibatch_group(self) -> int:
-        return self.algo.samples_per_prompt  # the loss compares a question's K samples
+    @classmethod
+    def group_rows(cls, config) -> int:
+        return config.algo.samples_per_prompt  # the loss compares a question's K samples
 
     def confidence_logp(self, logits: torch.Tensor, response_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """s_k = sum of the response's token log-probs at the scoring temperature (divided by its

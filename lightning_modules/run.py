@@ -20,14 +20,19 @@ from pathlib import Path
 import lightning as L
 import transformers
 import yaml
+from transformers import AutoConfig
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from callbacks import HuggingFaceExport, StepProgressBar
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+from callbacks import AtomicCheckpointIO, HuggingFaceExport, StepProgressBar
 from datamodules.reasoning import ReasoningDataModule
 from datamodules.records import DataError
 from lightning_modules import METHODS
+from lightning_modules.base import TrainingDiverged
 from lightning_modules.config import (
     ConfigError,
     DataConfig,
@@ -122,6 +127,7 @@ def parse_config(argv: Sequence[str]) -> tuple[RunConfig, str | None, ArgumentPa
         algo=objects.algo,
     )
     config.validate()
+    METHODS[config.method].validate_run(config)
     if run_dir is not None:
         config.run_name, config.runs_dir = run_dir.name, str(run_dir.parent)
     if namespace.ckpt_path:
@@ -152,8 +158,14 @@ def run_dir_of(config: RunConfig) -> Path:
 
 
 def build_trainer(
-    config: RunConfig, run_dir: Path, callbacks: Sequence[L.Callback] = (), manual_optimization: bool = False
+    config: RunConfig,
+    run_dir: Path,
+    callbacks: Sequence[L.Callback] = (),
+    manual_optimization: bool = False,
+    resume_step: int | None = None,
 ) -> L.Trainer:
+    """The Trainer of a run. ``resume_step``: the step the run continues from; TensorBoard
+    hides what the interrupted run logged from there on, so the curve has no duplicates."""
     tc = config.trainer
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -163,28 +175,73 @@ def build_trainer(
         save_top_k=-1,
         save_last=True,
     )
-    return L.Trainer(
-        max_steps=tc.max_steps,
-        max_epochs=-1,
-        accelerator=tc.accelerator,
-        devices=tc.devices,
-        num_nodes=tc.num_nodes,
-        strategy=tc.strategy,
-        precision=tc.precision,
-        # Methods with manual optimisation (the RL ones) clip by hand; Lightning refuses both.
-        gradient_clip_val=None if manual_optimization else (tc.gradient_clip_val or None),
-        val_check_interval=min(tc.val_every_n_steps, tc.max_steps),
-        check_val_every_n_epoch=None,
-        log_every_n_steps=tc.log_every_n_steps,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # the DataModule shards by rank itself (exact resume)
-        logger=TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard", default_hp_metric=False),
-        callbacks=[checkpoints, HuggingFaceExport(run_dir / "hf"), StepProgressBar(), *callbacks],
-        default_root_dir=str(run_dir),
-        enable_model_summary=False,
-        # Metric states made during a validate() before fit must stay updatable in fit.
-        inference_mode=False,
-    )
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard", default_hp_metric=False,
+                               **({"purge_step": resume_step} if resume_step is not None else {}))
+    try:
+        return L.Trainer(
+            max_steps=tc.max_steps,
+            max_epochs=-1,
+            accelerator=tc.accelerator,
+            devices=tc.devices,
+            num_nodes=tc.num_nodes,
+            strategy=tc.strategy,
+            precision=tc.precision,
+            # Methods with manual optimisation (the RL ones) clip by hand; Lightning refuses both.
+            gradient_clip_val=None if manual_optimization else (tc.gradient_clip_val or None),
+            val_check_interval=min(tc.val_every_n_steps, tc.max_steps),
+            check_val_every_n_epoch=None,
+            log_every_n_steps=tc.log_every_n_steps,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,  # the DataModule shards by rank itself (exact resume)
+            logger=logger,
+            callbacks=[checkpoints, HuggingFaceExport(run_dir / "hf"), StepProgressBar(), *callbacks],
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=str(run_dir),
+            enable_model_summary=False,
+            # Metric states made during a validate() before fit must stay updatable in fit.
+            inference_mode=False,
+        )
+    except (MisconfigurationException, ValueError, RuntimeError, ImportError) as error:
+        # Lightning's sentence for a device, strategy or precision this machine cannot run.
+        raise UsageError(f"trainer settings cannot run here: {one_sentence(str(error))}") from None
+
+
+def check_context(config: RunConfig, model_path: str) -> None:
+    """The longest prompt plus the longest target or response must fit the model's context."""
+    model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.model.trust_remote_code)
+    context = getattr(model_config, "max_position_embeddings", None)
+    d, t = config.data, config.trainer
+    for name, value in (("data.max_target_tokens", d.max_target_tokens), ("trainer.max_new_tokens", t.max_new_tokens)):
+        if context is not None and d.max_prompt_tokens + value > context:
+            raise UsageError(
+                f"data.max_prompt_tokens ({d.max_prompt_tokens}) + {name} ({value}) is more than the model's context "
+                f"of {context} tokens; lower one of them"
+            )
+
+
+def read_checkpoint(path: str) -> dict:
+    """A checkpoint to resume from, memory-mapped, or one sentence on why it cannot be."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # truncated, not a checkpoint, or pickled code that weights_only refuses
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UsageError(f"{path} is not a readable checkpoint ({reason[:120]})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
+        raise UsageError(f"{path} is not a training checkpoint of this project (no state_dict or global_step)")
+    return checkpoint
+
+
+def check_checkpoint(checkpoint: dict, path: str, module: L.LightningModule, method: str) -> None:
+    """Stop, with one sentence, if ``module`` cannot continue from ``checkpoint``: written by
+    another method, or holding another model's weights."""
+    saved = checkpoint.get("method")
+    if saved is not None and saved != method:
+        raise UsageError(f"{path} was written by --method {saved}, not {method}")
+    ours = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
+    if ours != theirs:
+        differ = sorted(set(ours) ^ set(theirs)) or sorted(k for k in ours if ours[k] != theirs[k])
+        raise UsageError(f"{path} holds a different model than this run builds ({len(differ)} tensors differ, e.g. {differ[0]})")
 
 
 def train(config: RunConfig, ckpt_path: str | None = None, callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
@@ -192,15 +249,25 @@ def train(config: RunConfig, ckpt_path: str | None = None, callbacks: Sequence[L
     started = time.perf_counter()
     run_dir = run_dir_of(config)
     method = METHODS[config.method]
+    # Whatever can be wrong with the request fails here, before a warm-up is trained, a model
+    # loaded or anything written: the checkpoint to resume, the hardware and strategy, the
+    # token budget and the data.
+    checkpoint = read_checkpoint(ckpt_path) if ckpt_path is not None else None
+    resume_step = checkpoint["global_step"] if checkpoint is not None else None
+    trainer = build_trainer(config, run_dir, callbacks, method.manual_optimization, resume_step)
+    base_path = resolve_model_path(config.model)  # a warm-up keeps its base model's tokenizer and context
+    check_context(config, base_path)
+    tokenizer = load_tokenizer(base_path, config.model.trust_remote_code)
+    datamodule = ReasoningDataModule(config.data, tokenizer, method.batch_kind(config), seed=config.seed)
+    datamodule.setup("fit")
     model_path = initial_model_path(config)
     # Seeded after a warm-up trained in this process, so that a run draws the same heads
     # and samples whether or not it had to train its warm-up first.
     L.seed_everything(config.seed, workers=True, verbose=False)
-    tokenizer = load_tokenizer(model_path, config.model.trust_remote_code)
-    datamodule = ReasoningDataModule(config.data, tokenizer, method.batch_kind(config), seed=config.seed)
-    datamodule.setup("fit")  # bad data fails here, before a model is loaded or a folder written
     module = method(config, tokenizer, model_path)
-    trainer = build_trainer(config, run_dir, callbacks, manual_optimization=not module.automatic_optimization)
+    if checkpoint is not None:
+        check_checkpoint(checkpoint, ckpt_path, module, config.method)
+        del checkpoint
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_dict(config), sort_keys=False))
@@ -281,4 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0

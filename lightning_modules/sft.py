@@ -17,4 +17,8 @@ class SFTModule(ReasoningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
         self.count_tokens(int(batch["attention_mask"].sum()))
+        self._loss = loss.detach()
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.drop_update_if_not_finite(optimizer, self._loss)

@@ -58,9 +58,18 @@ def test_prompt_batches_are_left_padded_and_unlabeled_ones_carry_no_answer(token
     assert "answer" in unlabeled._collate_eval(unlabeled.examples["val"][:4])
 
 
+def test_an_overlong_example_stops_with_a_sentence_naming_it_unless_skipped(tokenizer, caplog):
+    with pytest.raises(DataError, match=r"synthetic record \S+ has a prompt of \d+ tokens, over data.max_prompt_tokens=40"):
+        datamodule(tokenizer, "annotated", max_prompt_tokens=40)
+    with caplog.at_level(logging.WARNING):
+        skipped = datamodule(tokenizer, "annotated", max_prompt_tokens=40, on_error="skip")
+    assert any("skipped" in r.message and "data.max_prompt_tokens=40" in r.message for r in caplog.records)
+    assert 0 < len(skipped.examples["train"]) < 60
+
+
 def test_overlong_examples_are_dropped_or_truncated_with_a_logged_count(tokenizer, caplog):
     with caplog.at_level(logging.WARNING):
-        dropped = datamodule(tokenizer, "annotated", max_prompt_tokens=40)
+        dropped = datamodule(tokenizer, "annotated", max_prompt_tokens=40, overlong="drop")
     assert any("dropped" in r.message and "data.max_prompt_tokens=40" in r.message for r in caplog.records)
     assert dropped.overlong_counts["train_prompt"] > 0
     assert len(dropped.examples["train"]) == 60 - dropped.overlong_counts["train_prompt"] - dropped.overlong_counts["train_target"]

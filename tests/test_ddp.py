@@ -35,16 +35,25 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
-def test_two_process_ddp_sft_shards_the_data(tiny_args, tmp_path):
-    script = tmp_path / "ddp_sft.py"
-    script.write_text(SCRIPT)
-    argv = ["--method", "sft", "--run_name", "ddp", "--trainer.max_steps", "4", "--trainer.val_every_n_steps", "4",
-            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp", *tiny_args]
+DDP_ARGS = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+
+
+def run_ddp(tmp_path: Path, name: str, script: str, args: list[str]) -> subprocess.CompletedProcess:
+    """Run ``script`` (which Lightning re-runs for rank 1) with ``tmp_path`` and ``args``; it must succeed."""
+    path = tmp_path / f"{name}.py"
+    path.write_text(script)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, str(script), str(tmp_path), *argv], env=env, cwd=ROOT,
+    result = subprocess.run([sys.executable, str(path), str(tmp_path), *args], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_two_process_ddp_sft_shards_the_data(tiny_args, tmp_path):
+    argv = ["--method", "sft", "--run_name", "ddp", "--trainer.max_steps", "4", "--trainer.val_every_n_steps", "4",
+            *DDP_ARGS, *tiny_args]
+    result = run_ddp(tmp_path, "ddp_sft", SCRIPT, argv)
     seen = [json.loads((tmp_path / f"seen{rank}.json").read_text()) for rank in (0, 1)]
     assert len(seen[0]) == len(seen[1]) == 4
     for step in range(4):
@@ -103,16 +112,10 @@ CARFT_SCRIPT = textwrap.dedent(
 def test_two_process_carft_gathers_representations_with_gradients(tiny_args, tmp_path):
     import torch
 
-    script = tmp_path / "ddp_carft.py"
-    script.write_text(CARFT_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for mode in ("with-grad", "blocked"):
         argv = ["--method", "carft", "--warmup_run", "null", "--run_name", mode, "--trainer.max_steps", "2",
-                "--trainer.val_every_n_steps", "2", "--data.batch_size", "4", "--trainer.accelerator", "cpu",
-                "--trainer.devices", "2", "--trainer.strategy", "ddp", *tiny_args]
-        result = subprocess.run([sys.executable, str(script), str(tmp_path), mode, *argv], env=env,
-                                cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
+                "--trainer.val_every_n_steps", "2", "--data.batch_size", "4", *DDP_ARGS, *tiny_args]
+        run_ddp(tmp_path, "ddp_carft", CARFT_SCRIPT, [mode, *argv])
         lengths = [json.loads((tmp_path / f"{mode}-lengths{rank}.json").read_text()) for rank in (0, 1)]
         assert len(lengths[0]) == len(lengths[1]) == 2
         assert all(a != b for a, b in zip(*lengths)), f"the ranks' responses should differ in length: {lengths}"
@@ -121,3 +124,45 @@ def test_two_process_carft_gathers_representations_with_gradients(tiny_args, tmp
     assert with_grad.keys() == blocked.keys()
     differs = [name for name in with_grad if not torch.allclose(with_grad[name], blocked[name], rtol=1e-4, atol=1e-7)]
     assert differs, "blocking the gathered gradients changed nothing: the other rank's samples carried no gradient"
+
+
+NAN_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import lightning as L
+    import torch
+    from lightning_modules.run import parse_config, train
+
+    class PoisonRankZero(L.Callback):
+        # Rank 0's losses at step 1 are NaN; rank 1's are fine. Both ranks must skip alike.
+        def setup(self, trainer, pl_module, stage):
+            original = pl_module.loss
+            def loss(minibatch):
+                value, metrics = original(minibatch)
+                if trainer.global_rank == 0 and pl_module.global_step == 1:
+                    value = value * float("nan")
+                return value, metrics
+            pl_module.loss = loss
+        def on_train_end(self, trainer, pl_module):
+            weights = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+            torch.save({"weights": weights, "skipped": pl_module.skipped_updates}, f"{sys.argv[1]}/rank{trainer.global_rank}.pt")
+
+    config, ckpt, _, _ = parse_config(sys.argv[2:])
+    train(config, ckpt, callbacks=[PoisonRankZero()])
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_non_finite_update_on_one_rank_is_skipped_on_every_rank(tiny_args, tmp_path):
+    argv = ["--method", "rlsc", "--warmup_run", "null", "--run_name", "nan", "--trainer.max_steps", "3", "--trainer.val_every_n_steps", "3",
+            *DDP_ARGS, *tiny_args, "--data.batch_size", "2", "--algo.samples_per_prompt", "2", "--algo.eval_samples", "0", "--optim.lr", "1e-3"]
+    run_ddp(tmp_path, "ddp_nan", NAN_SCRIPT, argv)
+    import torch
+
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["skipped"] == ranks[1]["skipped"] == 1
+    for name, value in ranks[0]["weights"].items():
+        assert torch.isfinite(value).all(), name
+        assert torch.equal(value, ranks[1]["weights"][name]), f"ranks differ in {name}"
+    assert dict(scalars(tmp_path / "runs" / "nan")["train/skipped_updates"])[2] == 1
