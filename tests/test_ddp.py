@@ -1,4 +1,4 @@
-"""SFT with 2-process DDP on the CPU (gloo): it finishes and the ranks see different examples."""
+"""Multi-process DDP on the CPU (gloo): SFT shards the data, every RL method keeps its ranks in step, CARFT gathers with gradients, a NaN on one rank is skipped on both."""
 
 import json
 import os
@@ -166,3 +166,51 @@ def test_a_non_finite_update_on_one_rank_is_skipped_on_every_rank(tiny_args, tmp
         assert torch.isfinite(value).all(), name
         assert torch.equal(value, ranks[1]["weights"][name]), f"ranks differ in {name}"
     assert dict(scalars(tmp_path / "runs" / "nan")["train/skipped_updates"])[2] == 1
+
+
+WEIGHTS_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import lightning as L
+    import torch
+    from lightning_modules.run import parse_config, train
+
+    class SaveWeights(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.start = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+        def on_train_end(self, trainer, pl_module):
+            weights = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+            torch.save({"weights": weights, "start": self.start, "step": trainer.global_step}, f"{sys.argv[1]}/rank{trainer.global_rank}.pt")
+
+    config, ckpt, _, _ = parse_config(sys.argv[2:])
+    train(config, ckpt, callbacks=[SaveWeights()])
+    """
+)
+
+RL_DDP_ARGS = {
+    "ppo": ["--data.batch_size", "2", "--algo.minibatches", "2"],
+    "carft": ["--data.batch_size", "2"],
+    "grpo": ["--data.batch_size", "1", "--algo.samples_per_prompt", "2"],
+    "rlsc": ["--data.batch_size", "1", "--algo.samples_per_prompt", "2", "--algo.eval_samples", "0"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(RL_DDP_ARGS))
+def test_every_rl_method_runs_on_two_processes_and_the_ranks_agree(tiny_args, tmp_path, method):
+    import torch
+
+    argv = ["--method", method, "--warmup_run", "null", "--run_name", method, "--trainer.max_steps", "2",
+            "--trainer.val_every_n_steps", "2", *DDP_ARGS, *tiny_args, *RL_DDP_ARGS[method], "--optim.lr", "1e-3"]
+    run_ddp(tmp_path, f"ddp_{method}", WEIGHTS_SCRIPT, argv)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["step"] == ranks[1]["step"] == 2
+    for name, value in ranks[0]["weights"].items():
+        assert torch.isfinite(value).all(), name
+        assert torch.equal(value, ranks[1]["weights"][name]), f"{method}: ranks differ in {name} after training"
+    # The ranks sampled different responses, so equal weights mean the gradients were averaged.
+    # On the untrained tiny model every PPO and GRPO reward is 0, so their gradients are 0 and
+    # only CARFT (contrastive terms) and RLSC (self-confidence) are sure to move the weights.
+    if method in ("carft", "rlsc"):
+        moved = [n for n, v in ranks[0]["weights"].items() if not torch.equal(v, ranks[0]["start"][n])]
+        assert moved, f"{method}: no weight moved"
