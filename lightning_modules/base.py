@@ -169,7 +169,8 @@ class ReasoningModule(L.LightningModule):
 
     def _evaluate(self, stage: str, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         responses, mask = generate(
-            self.policy.lm, batch["prompt_ids"], batch["prompt_mask"], self.tokenizer, self.config.trainer.max_new_tokens
+            self.policy.lm, batch["prompt_ids"], batch["prompt_mask"], self.tokenizer, self.config.trainer.max_new_tokens,
+            sampler=self.config.trainer.sampler,
         )
         texts = decode(self.tokenizer, responses, mask)
         predictions, correct = check_answers(texts, batch["answer"])
@@ -201,6 +202,7 @@ class ReasoningModule(L.LightningModule):
                 responses, mask = generate(
                     self.policy.lm, prompt_ids[start : start + chunk], prompt_mask[start : start + chunk], self.tokenizer,
                     self.config.trainer.max_new_tokens, do_sample=True, temperature=self.eval_temperature,
+                    sampler=self.config.trainer.sampler,
                 )
                 texts += decode(self.tokenizer, responses, mask)
         predictions, correct = check_answers(texts, batch["answer"].repeat_interleave(k, 0))

@@ -13,6 +13,8 @@ from typing import Any
 
 from datamodules.synthetic import SyntheticConfig
 
+SAMPLERS = ("static_cache", "hf_generate")
+
 
 class ConfigError(ValueError):
     """An impossible configuration value; the message is one sentence naming the key."""
@@ -182,6 +184,8 @@ class TrainerConfig:
     """Keep a checkpoint every this many steps, besides last.ckpt."""
     max_new_tokens: int = 128
     """Generation budget at validation and test (ReFT: 300 for GSM8K)."""
+    sampler: str = "static_cache"
+    """How responses are generated: static_cache (one cache allocated per batch, no per-token host sync) or hf_generate (Hugging Face's generate, for a model whose code cannot use a static cache); both draw the same tokens."""
     max_skipped_updates: int = 10
     """Stop the run after this many optimizer updates in a row had a non-finite loss or gradient (each is skipped)."""
 
@@ -193,6 +197,7 @@ class TrainerConfig:
             self.devices == "auto" or (isinstance(self.devices, int) and self.devices > 0),
             f"trainer.devices must be a positive int or 'auto', got {self.devices!r}",
         )
+        require(self.sampler in SAMPLERS, f"trainer.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         precisions = ("32", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
         require(self.precision in precisions, f"trainer.precision must be one of {', '.join(precisions)}, got {self.precision!r}")
 

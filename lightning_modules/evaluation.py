@@ -30,7 +30,7 @@ from datamodules.formats import load_records
 from datamodules.prompts import format_prompt
 from datamodules.records import DataError, Record
 from datamodules.synthetic import SyntheticConfig, generate_splits
-from lightning_modules.config import EmbeddedModelConfig, ModelConfig
+from lightning_modules.config import SAMPLERS, EmbeddedModelConfig, ModelConfig
 from lightning_modules.losses import sequence_logp, token_confidence
 from lightning_modules.metrics import majority_correct, pass_at_k
 from lightning_modules.policy import Policy, load_tokenizer, resolve_model_path
@@ -97,6 +97,7 @@ class LoadedModel:
     description: str
     run_config: dict | None  # the training run's config.yaml, when the model comes from a run
     name: str = ""  # short, for progress bars: the run's folder name, else the source's last part
+    sampler: str = "static_cache"  # how responses are generated (trainer.sampler); both draw the same tokens
 
 
 def _run_folder_of(path: Path) -> Path | None:
@@ -260,7 +261,7 @@ def respond(
             torch.manual_seed(settings.seed * 1_000_003 + call)
             responses, mask = generate(
                 policy.lm, prompt_ids, prompt_mask, tokenizer, settings.max_new_tokens,
-                do_sample=n > 0, temperature=temperature, top_p=settings.top_p,
+                do_sample=n > 0, temperature=temperature, top_p=settings.top_p, sampler=model.sampler,
             )
         logits, _ = response_logits(policy, torch.cat([prompt_ids, responses], 1), torch.cat([prompt_mask, mask], 1), responses.size(1))
         rows = torch.tensor([i * per_prompt + j for i in chosen for j in range(per_prompt)])
@@ -424,6 +425,8 @@ def build_parser() -> "argparse.ArgumentParser":
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="weight dtype (default: float32)")
     parser.add_argument("--trust_remote_code", action="store_true", help="run model code shipped with a hub repository")
+    parser.add_argument("--sampler", default="static_cache", choices=SAMPLERS,
+                        help="static_cache, or hf_generate for a model whose code cannot use a static cache (default: static_cache)")
     return parser
 
 
@@ -459,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         base.validate()
         model = load_model(args.model, args.dtype, args.trust_remote_code)
         model.policy.to(device)
+        model.sampler = args.sampler
         settings = settings_for(model, base, given)
         result = evaluate(model, settings, args.batch_size)
         baseline = None
@@ -468,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 other = load_model(args.baseline, args.dtype, args.trust_remote_code)
                 other.policy.to(device)
+                other.sampler = args.sampler
                 baseline = evaluate(other, settings, args.batch_size)
             result["baseline"] = {k: baseline[k] for k in ("model", "metrics")}
             result["comparison"] = compare(result, baseline)

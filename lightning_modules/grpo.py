@@ -66,8 +66,10 @@ class GRPOModule(RLModule):
 
     def score(self, rollout: Rollout) -> None:
         response_ids = rollout["response_ids"]
-        logits, _ = self.response_forward(self.policy, rollout["input_ids"], rollout["attention_mask"], response_ids.size(1))
-        rollout["logp_old"] = self.logprobs(logits, response_ids)
+        logits = None
+        if not self.single_update:
+            logits, _ = self.response_forward(self.policy, rollout["input_ids"], rollout["attention_mask"], response_ids.size(1))
+            rollout["logp_old"] = self.logprobs(logits, response_ids)
         self.rollout_metrics(rollout, logits)
         if self.uses_reference:
             logits_ref, _ = self.response_forward(self.reference, rollout["input_ids"], rollout["attention_mask"], response_ids.size(1))
@@ -92,8 +94,14 @@ class GRPOModule(RLModule):
         response_ids, mask = minibatch["response_ids"], minibatch["response_mask"]
         logits, _ = self.response_forward(self.policy, minibatch["input_ids"], minibatch["attention_mask"], response_ids.size(1))
         logp = self.logprobs(logits, response_ids)
-        per_token, clipped = clipped_surrogate(logp, minibatch["logp_old"], minibatch["advantages"][:, None], self.algo.clip_eps)
-        metrics = {"clip_frac": masked_mean(clipped.float(), mask).detach()}
+        metrics = {}
+        if self.single_update:  # the rollout was not scored: its log-probs and entropy are this pass's
+            logp_old = logp.detach()
+            metrics["entropy"] = self.entropy(logits, mask)
+        else:
+            logp_old = minibatch["logp_old"]
+        per_token, clipped = clipped_surrogate(logp, logp_old, minibatch["advantages"][:, None], self.algo.clip_eps)
+        metrics["clip_frac"] = masked_mean(clipped.float(), mask).detach()
         if self.uses_reference:
             kl = kl_k3(logp, minibatch["logp_ref"])
             per_token = per_token + self.algo.kl_coef * kl

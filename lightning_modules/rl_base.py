@@ -24,7 +24,7 @@ from lightning_modules.distributed import all_reduce_mean
 from lightning_modules.losses import entropy_from_logits, masked_mean, token_logprobs
 from lightning_modules.policy import Policy
 from datamodules.answers import extract_answer, is_correct
-from lightning_modules.rollout import decode, response_logits, response_mask
+from lightning_modules.rollout import decode, generate, response_logits
 
 
 @dataclass
@@ -109,6 +109,8 @@ class RLModule(ReasoningModule):
     def __init__(self, config, tokenizer, model_path: str) -> None:
         super().__init__(config, tokenizer, model_path)
         self.algo = config.algo
+        self.step_timings: dict[str, float] = {}
+        """The last step's seconds of generation, scoring and update, and its sample and token counts."""
         self.build_heads()
         # Kept in a list so that it is not a submodule: no optimizer state, not in checkpoints,
         # not wrapped by DDP. It is the starting policy (spec section 0), loaded again from disk.
@@ -144,6 +146,11 @@ class RLModule(ReasoningModule):
             not config.trainer.precision.startswith("16"),
             f"RL methods clip gradients by hand, which fp16 loss scaling does not support; use bf16-mixed, not {config.trainer.precision}",
         )
+        require(
+            not config.trainer.strategy.startswith("fsdp"),
+            "RL methods sample and update several times inside one training step, which Lightning's FSDP wrapping does not "
+            "support; use trainer.strategy ddp or deepspeed_stage_2 (FSDP is for SFT)",
+        )
         group = cls.group_rows(config)
         rows = config.data.batch_size * config.algo.samples_per_prompt // group
         require(
@@ -156,6 +163,12 @@ class RLModule(ReasoningModule):
     @property
     def reference(self) -> Policy:
         return self._reference[0]
+
+    @property
+    def single_update(self) -> bool:
+        """One optimizer update per rollout, on the policy that sampled it: the old log-probs
+        are the update's own, detached (the ratio is exactly 1), so no scoring pass is needed."""
+        return self.algo.ppo_epochs * self.algo.minibatches == 1
 
     @property
     def score_temperature(self) -> float:
@@ -178,20 +191,11 @@ class RLModule(ReasoningModule):
         prompt_ids = batch["prompt_ids"].repeat_interleave(n, 0)
         prompt_mask = batch["prompt_mask"].repeat_interleave(n, 0)
         with eval_mode(self.policy), self.seeded(self.global_step):
-            sequences = self.policy.lm.generate(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                max_new_tokens=self.config.trainer.max_new_tokens,
-                do_sample=True,
-                temperature=self.algo.temperature,
-                top_k=self.algo.top_k,
-                top_p=self.algo.top_p,
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
-                use_cache=True,
+            response_ids, mask = generate(
+                self.policy.lm, prompt_ids, prompt_mask, self.tokenizer, self.config.trainer.max_new_tokens, do_sample=True,
+                temperature=self.algo.temperature, top_k=self.algo.top_k, top_p=self.algo.top_p, sampler=self.config.trainer.sampler,
             )
-        response_ids = sequences[:, prompt_ids.size(1) :]
-        mask = response_mask(response_ids, self.tokenizer.eos_token_id)
+        sequences = torch.cat([prompt_ids, response_ids], dim=1)
         tensors = {
             "input_ids": sequences,
             "attention_mask": torch.cat([prompt_mask, mask], dim=1),
@@ -216,16 +220,27 @@ class RLModule(ReasoningModule):
         """See :func:`~lightning_modules.rollout.response_logits`."""
         return response_logits(policy, input_ids, attention_mask, response_length, hidden)
 
+    def entropy(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean per-token entropy of the scoring distribution over the response tokens."""
+        return masked_mean(entropy_from_logits(logits.detach() / self.score_temperature), mask)
+
     def logprobs(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return token_logprobs(logits, tokens, self.score_temperature)
 
+    def clock(self) -> float:
+        """Wall time after the device has finished its queued work (phase timings)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        started = time.perf_counter()
+        started = self.clock()
         rollout = self.rollout(batch)
+        generated = self.clock()
         with torch.no_grad(), eval_mode(self.policy):
             self.score(rollout)
         self.count_tokens(int(rollout["attention_mask"].sum()))
-        scored = time.perf_counter()
+        scored = self.clock()
 
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
@@ -246,21 +261,35 @@ class RLModule(ReasoningModule):
                 if self.drop_update_if_not_finite(optimizer, loss):
                     self.optimizer_update(optimizer, last=done == updates)  # a no-op step: it still counts
                     continue
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.config.trainer.gradient_clip_val or float("inf"))
+                metrics = {"loss": loss.detach(), **metrics}
+                if not self.engine_clips:
+                    clip = self.config.trainer.gradient_clip_val or float("inf")
+                    metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), clip).detach()
                 self.optimizer_update(optimizer, last=done == updates)
                 applied += 1
-                metrics = {"loss": loss.detach(), "grad_norm": grad_norm.detach(), **metrics}
                 for key, value in metrics.items():
                     sums[key] = sums[key] + value.detach().float()
         scheduler.step()
-        updated = time.perf_counter()
+        updated = self.clock()
+        self.step_timings = {
+            "generate_s": generated - started,
+            "score_s": scored - generated,
+            "update_s": updated - scored,
+            "generated_tokens": int(rollout["response_mask"].sum()),
+            "samples": len(rollout),
+        }
 
         # Averages over the updates that were applied (every rank applied the same ones).
         logged = {f"train/{k}": v for k, v in {**rollout.metrics, **{k: v / max(applied, 1) for k, v in sums.items()}}.items()}
-        logged["perf/rollout_s"] = torch.tensor(scored - started)
-        logged["perf/update_s"] = torch.tensor(updated - scored)
+        for key in ("generate_s", "score_s", "update_s"):
+            logged[f"perf/{key}"] = torch.tensor(self.step_timings[key])
         self.log_metrics(logged)
         self.log("train/lr", scheduler.get_last_lr()[0], batch_size=len(rollout))
+
+    @property
+    def engine_clips(self) -> bool:
+        """DeepSpeed shards the gradients and clips them in its engine (``trainer.gradient_clip_val``)."""
+        return self.trainer.strategy.strategy_name.startswith("deepspeed")
 
     def optimizer_update(self, optimizer, last: bool) -> None:
         """Lightning counts one step per ``LightningOptimizer.step``. One RL step is one rollout,
@@ -280,9 +309,11 @@ class RLModule(ReasoningModule):
             self.log(key, value, prog_bar=key in self.progress_metrics, batch_size=1)
 
     # ---- metrics the field reports for every RL method -------------------------------------
-    def rollout_metrics(self, rollout: Rollout, logits: torch.Tensor) -> None:
+    def rollout_metrics(self, rollout: Rollout, logits: torch.Tensor | None) -> None:
+        """Length, accuracy and (given the rollout's logits) entropy of the sampled responses."""
         mask = rollout["response_mask"]
         rollout.metrics["response_length"] = mask.sum(-1).float().mean()
-        rollout.metrics["entropy"] = masked_mean(entropy_from_logits(logits / self.score_temperature), mask)
+        if logits is not None:
+            rollout.metrics["entropy"] = self.entropy(logits, mask)
         if "correct" in rollout.tensors:
             rollout.metrics["accuracy"] = rollout["correct"].float().mean()

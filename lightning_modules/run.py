@@ -184,7 +184,7 @@ def build_trainer(
             accelerator=tc.accelerator,
             devices=tc.devices,
             num_nodes=tc.num_nodes,
-            strategy=tc.strategy,
+            strategy=lightning_strategy(tc),
             precision=tc.precision,
             # Methods with manual optimisation (the RL ones) clip by hand; Lightning refuses both.
             gradient_clip_val=None if manual_optimization else (tc.gradient_clip_val or None),
@@ -204,6 +204,21 @@ def build_trainer(
     except (MisconfigurationException, ValueError, RuntimeError, ImportError) as error:
         # Lightning's sentence for a device, strategy or precision this machine cannot run.
         raise UsageError(f"trainer settings cannot run here: {one_sentence(str(error))}") from None
+
+
+def lightning_strategy(tc) -> str | L.pytorch.strategies.Strategy:
+    """``trainer.strategy`` as Lightning takes it. DeepSpeed clips gradients inside its engine
+    (the RL methods' own clipping would see only this rank's shard of the gradients), so
+    ``trainer.gradient_clip_val`` goes into its config."""
+    if not tc.strategy.startswith("deepspeed"):
+        return tc.strategy
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if tc.strategy not in StrategyRegistry:
+        raise UsageError(f"trainer.strategy {tc.strategy!r} is not a DeepSpeed strategy Lightning knows (e.g. deepspeed_stage_2)")
+    strategy = StrategyRegistry.get(tc.strategy)
+    strategy.config["gradient_clipping"] = tc.gradient_clip_val
+    return strategy
 
 
 def check_context(config: RunConfig, model_path: str) -> None:

@@ -13,7 +13,10 @@ import torch
 
 from callbacks import AtomicCheckpointIO
 from lightning_modules.run import main, parse_config, train
+from tests.conftest import ROOT
 from tests.runs import StopAt, checkpoint_state, scalars
+
+STRATEGIES = ROOT / "configs" / "strategies"
 
 RL_ARGS = ["--warmup_run", "null", "--data.batch_size", "4", "--optim.warmup_steps", "2", "--optim.lr", "1e-3"]
 METHOD_ARGS = {
@@ -224,6 +227,9 @@ def _with_callback(build, callback):
     (["--method", "rlsc", "--algo.temperature", "0"], "algo.temperature must be positive"),
     (["--method", "sft", "--trainer.accelerator", "gpu"], "trainer settings cannot run here"),
     (["--method", "sft", "--trainer.strategy", "deepspeed_stage_2"], "trainer settings cannot run here"),
+    *[(["--method", "sft", "--config", str(STRATEGIES / f"{name}.yaml")], "trainer settings cannot run here")
+      for name in ("ddp", "fsdp", "deepspeed_stage_2")],
+    (["--method", "grpo", "--trainer.strategy", "fsdp"], "which Lightning's FSDP wrapping does not support"),
     (["--method", "sft", "--trainer.max_skipped_updates", "0"], "trainer.max_skipped_updates must be positive"),
     (["--method", "ppo", "--trainer.precision", "16-mixed"], "RL methods clip gradients by hand"),
     (["--method", "rlsc", "--data.batch_size", "2", "--algo.minibatches", "3"], "algo.minibatches (3) is more than the questions of a rollout (2)"),

@@ -68,7 +68,7 @@ def test_rl_run_logs_finite_metrics_and_checkpoints_rollout_steps(tiny_args, tmp
     run_dir = tmp_path / "runs" / "e2e"
     logged = scalars(run_dir)
     expected = ["train/reward", "train/accuracy", "train/kl", "train/entropy", "train/response_length", "train/clip_frac",
-                "train/grad_norm", "train/lr", "perf/rollout_s", "perf/update_s", "perf/tokens_per_s", "val/accuracy", "test/accuracy"]
+                "train/grad_norm", "train/lr", "perf/generate_s", "perf/score_s", "perf/update_s", "perf/tokens_per_s", "val/accuracy", "test/accuracy"]
     if method in ("ppo", "carft"):
         expected += ["train/value_loss", "train/policy_loss", "train/explained_variance"]
     if method == "grpo":

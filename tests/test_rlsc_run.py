@@ -26,7 +26,7 @@ def test_rlsc_run_logs_its_metrics_and_sampled_evaluation(tiny_args, tmp_path):
     assert main([*RLSC_ARGS, "--run_name", "rlsc", "--trainer.val_every_n_steps", "2", *tiny_args]) == 0
     logged = scalars(tmp_path / "runs" / "rlsc")
     expected = ["train/seq_confidence", "train/token_confidence", "train/agreement", "train/majority_share",
-                "train/response_length", "train/entropy", "train/loss", "train/grad_norm", "perf/rollout_s",
+                "train/response_length", "train/entropy", "train/loss", "train/grad_norm", "perf/generate_s",
                 "val/accuracy", "val/pass@3", "val/maj@3", "val/sampled_accuracy", "test/accuracy"]
     for tag in expected:
         assert tag in logged, f"{tag} was not logged"

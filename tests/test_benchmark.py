@@ -1,0 +1,53 @@
+"""The benchmark measures every phase it reports, and the TRL comparison runs from one command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from lightning_modules.benchmark import main
+
+TINY = ["--width", "32", "--layers", "2", "--batch_size", "2", "--samples", "2", "--max_new_tokens", "8", "--steps", "2", "--warmup_steps", "1"]
+
+
+@pytest.mark.slow
+def test_benchmark_times_each_phase_and_prints_the_trl_ratio(tmp_path, model_cache, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["--methods", "sft,grpo", "--trl", *TINY, "--cache_dir", str(model_cache), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {r["label"]: r for r in result["results"]}
+    assert result["schema"] == "reasoning-rl/benchmark/v1"
+    assert list(rows) == ["sft", "grpo", "grpo (as TRL)", "TRL GRPOTrainer"]
+    for row in rows.values():
+        assert row["measured_steps"] == 2 and row["batch_size"] * row["samples_per_prompt"] == 4
+        for key in ("step_s", "samples_per_s", "peak_memory_mb"):
+            assert math.isfinite(row[key]) and row[key] > 0, (row["label"], key)
+        assert row["peak_memory_mb"] > 100  # a process holding torch; RSS is in MiB, not KiB
+        assert row["parameters"] == rows["sft"]["parameters"]  # one model for all
+    for label in ("grpo", "grpo (as TRL)"):
+        phases = [rows[label][k] for k in ("generate_s", "score_s", "update_s")]
+        assert all(p >= 0 for p in phases) and rows[label]["generate_s"] > 0
+        assert sum(phases) <= rows[label]["step_s"]  # the phases lie inside the step
+        assert rows[label]["generated_tokens_per_s"] > 0
+    assert rows["sft"]["generate_s"] is None
+    trl = rows["TRL GRPOTrainer"]
+    assert 0 < trl["generate_s"] < trl["step_s"]
+    ratio = result["trl_ratio"][0]["ours_over_trl"]
+    assert ratio == pytest.approx(rows["grpo (as TRL)"]["samples_per_s"] / trl["samples_per_s"])
+    printed = capsys.readouterr().out
+    assert f"GRPO samples/s, ours / TRL's: {ratio:.2f}x" in printed and "| TRL GRPOTrainer |" in printed
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--methods", "dpo"], "unknown method 'dpo'"),
+    (["--sweep", "depth=1,2"], "--sweep must look like KEY=V1,V2"),
+    (["--sweep", "samples=2,x"], "--sweep values must be whole numbers"),
+    (["--steps", "0"], "--steps must be positive"),
+])
+def test_bad_benchmark_requests_get_one_sentence_and_exit_2(argv, expected, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and expected in err[-1]
+    assert not (tmp_path / "b.json").exists()
