@@ -8,6 +8,7 @@ model's values (from the papers) are in ``configs/real/``.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,39 @@ class EmbeddedModelConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (Hu et al. 2021) through ``peft``: the base weights stay frozen, low-rank updates train."""
+
+    r: int = 0
+    """Rank of every adapter; 0 trains the full model (no LoRA)."""
+    alpha: int | None = None
+    """Scale numerator: the update is (alpha / r) B A; null means 2 * r, the common rule of thumb."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input (QLoRA: 0.05); 0 keeps the RL methods' first update at ratio 1, since rollouts are scored without dropout."""
+    target_modules: str = "all-linear"
+    """Comma-separated module names (q_proj,v_proj) or all-linear: every linear layer but the output one (QLoRA)."""
+    export: str = "merged"
+    """hf/ export: merged (a plain model with the adapters folded in, loads without peft) or adapter (the adapter files only)."""
+
+    def validate(self) -> None:
+        require(self.r >= 0, f"model.lora.r must be >= 0 (0 is off), got {self.r}")
+        require(self.alpha is None or self.alpha > 0, f"model.lora.alpha must be positive, got {self.alpha}")
+        require(0 <= self.dropout < 1, f"model.lora.dropout must lie in [0, 1), got {self.dropout}")
+        require(self.target_modules == "all-linear" or all(self.targets()), f"model.lora.target_modules must be all-linear or comma-separated module names, got {self.target_modules!r}")
+        require(self.export in ("merged", "adapter"), f"model.lora.export must be merged or adapter, got {self.export!r}")
+        require(
+            self.r == 0 or importlib.util.find_spec("peft") is not None,
+            "model.lora.r > 0 needs the peft package, which is not installed; pip install peft",
+        )
+
+    def targets(self) -> str | list[str]:
+        """``target_modules`` as peft takes it."""
+        if self.target_modules == "all-linear":
+            return self.target_modules
+        return [name.strip() for name in self.target_modules.split(",")]
+
+
+@dataclass
 class ModelConfig:
     """The policy language model."""
 
@@ -70,11 +104,14 @@ class ModelConfig:
     """Where the embedded model and tokenizer are built once and reused."""
     embedded: EmbeddedModelConfig = field(default_factory=EmbeddedModelConfig)
     """Shape of the embedded model."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters instead of full fine-tuning (off unless lora.r > 0)."""
 
     def validate(self) -> None:
         require(self.dtype in ("float32", "bfloat16", "float16"), f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         require(bool(self.name_or_path), "model.name_or_path must not be empty")
         self.embedded.validate()
+        self.lora.validate()
 
 
 @dataclass

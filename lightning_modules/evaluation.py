@@ -6,9 +6,10 @@ wrote (spec section 4: sequence confidence exp(s), token confidence = mean top-t
 probability). Against a baseline: both models' figures, the difference, and the seeds'
 "efficiency gain" 1 - (mean response length of the run / of the baseline).
 
-A model is a Lightning checkpoint of a run, a run folder, a Hugging Face folder or a hub
-id; data is the embedded generator's split, a local GSM8K / ReFT / SVAMP file, or a hub
-data set. Model output is only ever parsed as a number, never executed.
+A model is a Lightning checkpoint of a run, a run folder, a Hugging Face folder (or a LoRA
+adapter export, read with its base model) or a hub id; data is the embedded generator's
+split, a local GSM8K / ReFT / SVAMP file, or a hub data set. Model output is only ever
+parsed as a number, never executed.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from datamodules.formats import load_records
 from datamodules.prompts import format_prompt
 from datamodules.records import DataError, Record
 from datamodules.synthetic import SyntheticConfig, generate_splits
-from lightning_modules.config import SAMPLERS, EmbeddedModelConfig, ModelConfig
+from lightning_modules.config import SAMPLERS, EmbeddedModelConfig, LoraConfig, ModelConfig
 from lightning_modules.losses import sequence_logp, token_confidence
 from lightning_modules.metrics import majority_correct, pass_at_k
 from lightning_modules.policy import Policy, load_tokenizer, resolve_model_path
@@ -115,9 +116,22 @@ def _base_model_path(run_dir: Path, run_config: dict) -> str:
         if not (export / "config.json").is_file():
             raise EvalError(f"run {run_dir} started from warm-up {export}, which is missing, so its checkpoint cannot be rebuilt")
         return str(export)
+    return resolve_model_path(_model_config_of(run_config))
+
+
+def _model_config_of(run_config: dict) -> ModelConfig:
     model = dict(run_config["model"])
     model["embedded"] = EmbeddedModelConfig(**model.get("embedded", {}))
-    return resolve_model_path(ModelConfig(**model))
+    model["lora"] = LoraConfig(**model.get("lora", {}))  # runs from before LoRA have none
+    return ModelConfig(**model)
+
+
+def _adapter_base(folder: Path) -> str:
+    """The base model a peft adapter export names."""
+    base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise EvalError(f"{folder} holds LoRA adapters but its adapter_config.json names no base model")
+    return base
 
 
 def _load_checkpoint_weights(policy: Policy, ckpt: Path) -> None:
@@ -130,33 +144,40 @@ def _load_checkpoint_weights(policy: Policy, ckpt: Path) -> None:
     weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     missing, unexpected = policy.lm.load_state_dict(weights, strict=False)
     # Tied output embeddings are saved once; anything else missing means another model.
-    missing = [k for k in missing if not (k == "lm_head.weight" and policy.lm.config.tie_word_embeddings)]
+    missing = [k for k in missing if not (k.endswith("lm_head.weight") and policy.lm.config.tie_word_embeddings)]
     if missing or unexpected or not weights:
         raise EvalError(f"{ckpt} holds weights of a different model than its run's config.yaml describes ({len(missing)} missing, {len(unexpected)} unexpected)")
 
 
 def load_model(source: str, dtype: str = "float32", trust_remote_code: bool = False) -> LoadedModel:
-    """A Lightning checkpoint (``.ckpt``), a run folder, a Hugging Face folder or a hub id."""
+    """A Lightning checkpoint (``.ckpt``), a run folder, a Hugging Face folder, a LoRA adapter
+    export or a hub id. LoRA adapters are merged into the base weights for inference."""
     path = Path(source)
     model_config = ModelConfig(dtype=dtype, trust_remote_code=trust_remote_code)
     run_dir = _run_folder_of(path) if path.exists() else None
     run_config = yaml.safe_load((run_dir / "config.yaml").read_text()) if run_dir else None
     if path.is_file() and path.suffix != ".ckpt":
         raise EvalError(f"{source} is a file but not a .ckpt checkpoint; give a checkpoint, a run folder, a Hugging Face folder or a hub id")
-    checkpoint = None
+    checkpoint, adapter = None, None
     if path.suffix == ".ckpt":
         if not path.is_file():
             raise EvalError(f"checkpoint {source} does not exist")
         if run_config is None:
             raise EvalError(f"checkpoint {source} is not inside a run folder (runs/<name>/checkpoints/), whose config.yaml says which model it holds")
         checkpoint, weights_from = path, _base_model_path(run_dir, run_config)
+        model_config.lora = _model_config_of(run_config).lora  # the checkpoint holds the run's adapters
     elif run_dir is not None and path == run_dir:
         if (run_dir / "hf" / "config.json").is_file():
             weights_from = str(run_dir / "hf")
+        elif (run_dir / "hf" / "adapter_config.json").is_file():
+            adapter, weights_from = run_dir / "hf", _base_model_path(run_dir, run_config)
         elif (run_dir / "checkpoints" / "last.ckpt").is_file():
             checkpoint, weights_from = run_dir / "checkpoints" / "last.ckpt", _base_model_path(run_dir, run_config)
         else:
             raise EvalError(f"run {run_dir} has neither an hf/ export nor checkpoints/last.ckpt")
+    elif (path / "adapter_config.json").is_file():
+        adapter = path
+        weights_from = _base_model_path(run_dir, run_config) if run_config else _adapter_base(path)
     elif path.is_dir() and not (path / "config.json").is_file():
         raise EvalError(f"{source} is a folder with neither a config.json (Hugging Face) nor a config.yaml (run)")
     elif source == "embedded":
@@ -166,6 +187,10 @@ def load_model(source: str, dtype: str = "float32", trust_remote_code: bool = Fa
     try:
         tokenizer = load_tokenizer(weights_from, trust_remote_code)
         policy = Policy.from_pretrained(weights_from, model_config)
+        if adapter is not None:
+            import peft
+
+            policy.lm = peft.PeftModel.from_pretrained(policy.lm, str(adapter))
     except EvalError:
         raise
     except Exception as error:  # no such hub id, no network, broken folder
@@ -173,9 +198,10 @@ def load_model(source: str, dtype: str = "float32", trust_remote_code: bool = Fa
         raise EvalError(f"cannot load a model from {source} ({reason[:160]})") from None
     if checkpoint is not None:
         _load_checkpoint_weights(policy, checkpoint)
+    policy.merge_adapters()
     policy.eval().requires_grad_(False)
     name = run_dir.name if run_dir is not None else Path(source).name
-    return LoadedModel(policy, tokenizer, str(checkpoint or weights_from), run_config, name)
+    return LoadedModel(policy, tokenizer, str(checkpoint or adapter or weights_from), run_config, name)
 
 
 def settings_for(model: LoadedModel, settings: EvalSettings, explicit: set[str]) -> EvalSettings:
@@ -410,7 +436,7 @@ def build_parser() -> "argparse.ArgumentParser":
         prog="evaluate.py",
         description="Evaluate a model on math word problems: greedy pass@1, and with --samples n also pass@k, maj@n and confidence.",
     )
-    parser.add_argument("model", help="a run folder, a checkpoint (.ckpt) inside one, a Hugging Face folder, a hub id, or 'embedded'")
+    parser.add_argument("model", help="a run folder, a checkpoint (.ckpt) inside one, a Hugging Face folder (or LoRA adapter export), a hub id, or 'embedded'")
     defaults = EvalSettings()
     for name, value in asdict(defaults).items():
         if name == "synthetic":

@@ -72,7 +72,7 @@ class GRPOModule(RLModule):
             rollout["logp_old"] = self.logprobs(logits, response_ids)
         self.rollout_metrics(rollout, logits)
         if self.uses_reference:
-            logits_ref, _ = self.response_forward(self.reference, rollout["input_ids"], rollout["attention_mask"], response_ids.size(1))
+            logits_ref = self.reference_logits(rollout["input_ids"], rollout["attention_mask"], response_ids.size(1))
             rollout["logp_ref"] = self.logprobs(logits_ref, response_ids)
         group = self.algo.samples_per_prompt
         rewards = self.sequence_rewards(rollout).view(-1, group)

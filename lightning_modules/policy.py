@@ -6,10 +6,12 @@ The embedded default is written to disk with ``save_pretrained`` and read back t
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,9 +20,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from lightning_modules.config import EmbeddedModelConfig, ModelConfig
+from lightning_modules.config import EmbeddedModelConfig, LoraConfig, ModelConfig
 
 EMBEDDED = "embedded"
 # Bump when the tokenizer corpus or the architecture recipe changes, so old builds are not reused.
@@ -101,6 +103,20 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
     return tokenizer
 
 
+def add_lora(lm: PreTrainedModel, lora: LoraConfig) -> nn.Module:
+    """``lm`` wrapped by peft with LoRA adapters: its own weights frozen, the adapters trainable."""
+    import peft  # imported only when asked for: a run without LoRA does not need it
+
+    adapters = peft.LoraConfig(
+        task_type=peft.TaskType.CAUSAL_LM,
+        r=lora.r,
+        lora_alpha=lora.alpha or 2 * lora.r,
+        lora_dropout=lora.dropout,
+        target_modules=lora.targets(),
+    )
+    return peft.get_peft_model(lm, adapters)
+
+
 class Policy(nn.Module):
     """A causal LM with named heads on its last hidden state (value, CoT embedding, ...)."""
 
@@ -117,12 +133,38 @@ class Policy(nn.Module):
         if config.gradient_checkpointing:
             lm.gradient_checkpointing_enable()
             lm.config.use_cache = False
+        if config.lora.r > 0:
+            # Wrapped after checkpointing is on, so that peft makes the frozen embeddings' output
+            # require grad: reentrant checkpointing would otherwise cut the adapters off their gradient.
+            lm = add_lora(lm, config.lora)
         lm.train()  # from_pretrained returns eval mode; Lightning keeps whatever mode it finds
         return cls(lm)
 
     @property
     def hidden_size(self) -> int:
         return self.lm.config.hidden_size
+
+    @property
+    def has_adapters(self) -> bool:
+        """Whether ``lm`` carries LoRA adapters (a peft model)."""
+        peft = sys.modules.get("peft")  # never imported, then no peft model can exist
+        return peft is not None and isinstance(self.lm, peft.PeftModel)
+
+    def merged_lm(self) -> PreTrainedModel:
+        """The language model as a plain Hugging Face model: with LoRA, a copy with the adapters
+        folded into its base weights.
+
+        A copy, not ``merge_adapter()`` then ``unmerge_adapter()`` in place: adding the update and
+        subtracting it again does not restore the base weights bit for bit in floating point, and
+        the policy goes on (the final test pass, a resumed run) with the weights it trained. The
+        price is one more set of weights while the copy lives.
+        """
+        return copy.deepcopy(self.lm).merge_and_unload() if self.has_adapters else self.lm
+
+    def merge_adapters(self) -> None:
+        """Fold the LoRA adapters into the base weights for good (inference only: nothing trains after)."""
+        if self.has_adapters:
+            self.lm = self.lm.merge_and_unload()
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_hidden: bool = False, logits_to_keep: int = 0

@@ -81,7 +81,7 @@ class PPOModule(RLModule):
         rewards = self.sequence_rewards(rollout)
         token_rewards = last_token_rewards(rewards, mask)
         if self.uses_reference:
-            logits_ref, _ = self.response_forward(self.reference, rollout["input_ids"], rollout["attention_mask"], response_ids.size(1))
+            logits_ref = self.reference_logits(rollout["input_ids"], rollout["attention_mask"], response_ids.size(1))
             kl = kl_k1(rollout["logp_old"], self.logprobs(logits_ref, response_ids))
             token_rewards = token_rewards - self.algo.kl_coef * kl * mask
             rollout.metrics["kl"] = masked_mean(kl, mask)

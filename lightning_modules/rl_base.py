@@ -104,7 +104,7 @@ class RLModule(ReasoningModule):
     progress_metrics: tuple[str, ...] = ("train/reward", "train/accuracy")
     """Shown on the progress bar."""
     uses_reference: bool = False
-    """Whether :meth:`score` needs the frozen reference policy (loaded only then)."""
+    """Whether :meth:`score` needs the frozen reference policy (see :meth:`reference_logits`)."""
 
     def __init__(self, config, tokenizer, model_path: str) -> None:
         super().__init__(config, tokenizer, model_path)
@@ -113,9 +113,10 @@ class RLModule(ReasoningModule):
         """The last step's seconds of generation, scoring and update, and its sample and token counts."""
         self.build_heads()
         # Kept in a list so that it is not a submodule: no optimizer state, not in checkpoints,
-        # not wrapped by DDP. It is the starting policy (spec section 0), loaded again from disk.
+        # not wrapped by DDP. It is the starting policy (spec section 0), loaded again from disk;
+        # with LoRA the policy's own frozen base is the starting policy, and no copy is loaded.
         self._reference: list[Policy] = []
-        if self.uses_reference:
+        if self.uses_reference and not self.policy.has_adapters:
             reference = Policy.from_pretrained(model_path, config.model).eval().requires_grad_(False)
             self._reference.append(reference)
 
@@ -223,6 +224,14 @@ class RLModule(ReasoningModule):
     def entropy(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean per-token entropy of the scoring distribution over the response tokens."""
         return masked_mean(entropy_from_logits(logits.detach() / self.score_temperature), mask)
+
+    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int) -> torch.Tensor:
+        """Logits of the reference policy at the response positions (as :meth:`response_forward`):
+        the frozen copy, or with LoRA this policy with its adapters bypassed."""
+        if self._reference:
+            return self.response_forward(self.reference, input_ids, attention_mask, response_length)[0]
+        with torch.no_grad(), eval_mode(self.policy), self.policy.lm.disable_adapter():
+            return self.response_forward(self.policy, input_ids, attention_mask, response_length)[0]
 
     def logprobs(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return token_logprobs(logits, tokens, self.score_temperature)

@@ -167,6 +167,7 @@ def build_trainer(
     """The Trainer of a run. ``resume_step``: the step the run continues from; TensorBoard
     hides what the interrupted run logged from there on, so the curve has no duplicates."""
     tc = config.trainer
+    adapters_only = config.model.lora.r > 0 and config.model.lora.export == "adapter"
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="step{step:06d}",
@@ -194,7 +195,7 @@ def build_trainer(
             num_sanity_val_steps=0,
             use_distributed_sampler=False,  # the DataModule shards by rank itself (exact resume)
             logger=logger,
-            callbacks=[checkpoints, HuggingFaceExport(run_dir / "hf"), StepProgressBar(), *callbacks],
+            callbacks=[checkpoints, HuggingFaceExport(run_dir / "hf", adapters_only), StepProgressBar(), *callbacks],
             plugins=[AtomicCheckpointIO()],
             default_root_dir=str(run_dir),
             enable_model_summary=False,
@@ -319,7 +320,9 @@ def initial_model_path(config: RunConfig) -> str:
         )
     argv = ["--method", "sft", "--run_name", config.warmup_run, "--runs_dir", config.runs_dir]
     warmup, _, _, _ = parse_config(argv)
-    warmup.model = config.model  # the same base model and the same questions as the run it serves
+    # The same base model and the same questions as the run it serves, exported whole: the run
+    # starts from a full model (with LoRA, it puts its own fresh adapters on it).
+    warmup.model = replace(config.model, lora=replace(config.model.lora, export="merged"))
     loader_knobs = ("batch_size", "bucket_batches", "eval_batch_size", "num_workers")  # the warm-up keeps its own
     warmup.data = replace(config.data, **{k: getattr(warmup.data, k) for k in loader_knobs})
     print(f"No SFT warm-up at {export}: training it first (configs/sft.yaml; later runs reuse it).", file=sys.stderr)
