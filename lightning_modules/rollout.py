@@ -86,14 +86,20 @@ def sample_with_static_cache(
     """Sample up to ``max_new_tokens`` for every left-padded prompt; ``[B, T]``, padded after EOS.
 
     Keys and values go into a cache allocated once for the whole length (no concatenation
-    per token), each step feeds one token per row, and whether every row has finished is
-    read back only every ``check_every`` tokens (one host sync there, none otherwise).
+    per token; not under autocast, see below), each step feeds one token per row, and
+    whether every row has finished is read back only every ``check_every`` tokens (one host
+    sync there, none otherwise).
     """
-    from transformers import StaticCache
+    from transformers import DynamicCache, StaticCache
 
     rows, prompt_length = prompt_ids.shape
     device = prompt_ids.device
-    cache = StaticCache(config=lm.config, max_cache_len=prompt_length + max_new_tokens)
+    if torch.is_autocast_enabled(device.type):
+        # Under autocast (bf16-mixed) keys leave the rotary embedding in fp32 and values stay in
+        # bf16, which one preallocated buffer per layer cannot hold: a growing cache is used.
+        cache = DynamicCache(config=lm.config)
+    else:
+        cache = StaticCache(config=lm.config, max_cache_len=prompt_length + max_new_tokens)
     mask = torch.cat([prompt_mask, prompt_mask.new_ones(rows, max_new_tokens)], dim=1)
     positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
     out = lm(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, past_key_values=cache, use_cache=True,

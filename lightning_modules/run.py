@@ -147,8 +147,16 @@ def resolve_run_dir(name_or_path: str, runs_dir: str) -> Path:
     raise UsageError(f"{name_or_path} is not a run folder (no config.yaml there or under {runs_dir}/)")
 
 
+def launched_per_process() -> bool:
+    """Whether torchrun or srun started every process of this run itself (multi-node), so
+    that no parent process could hand its run name down."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
 def run_dir_of(config: RunConfig) -> Path:
     if config.run_name is None:
+        if launched_per_process() and RUN_NAME_ENV not in os.environ:
+            raise UsageError("processes started by torchrun or srun must agree on a run folder: set --run_name")
         # Children of a DDP launch re-run this script; they must pick the parent's folder.
         config.run_name = os.environ.setdefault(RUN_NAME_ENV, f"{config.method}-{time.strftime('%Y%m%d-%H%M%S')}")
     name = Path(config.run_name)

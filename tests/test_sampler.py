@@ -81,3 +81,16 @@ def test_filter_logits_by_hand():
     # temperature 2 halves the log-probs: p ~ sqrt(p)
     expected = torch.tensor([0.5, 0.3, 0.15, 0.05]).sqrt()
     torch.testing.assert_close(filter_logits(logits, 2.0, 0, 1.0).softmax(-1), (expected / expected.sum())[None])
+
+
+def test_sampler_under_bf16_autocast_draws_the_same_tokens_as_generate():
+    """bf16-mixed: keys and values reach the cache in different dtypes (a growing cache is used)."""
+    lm = tiny_lm("llama")
+    ids, mask = left_padded_prompts()
+    tokenizer = SimpleNamespace(eos_token_id=EOS, pad_token_id=PAD)
+    out = {}
+    for sampler in ("hf_generate", "static_cache"):
+        torch.manual_seed(7)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out[sampler] = generate(lm, ids, mask, tokenizer, 16, sampler=sampler, do_sample=True, temperature=0.8)
+    assert torch.equal(out["static_cache"][0], out["hf_generate"][0])

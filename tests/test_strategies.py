@@ -20,3 +20,17 @@ def test_plain_strategies_pass_through_and_unknown_deepspeed_names_are_refused()
     assert lightning_strategy(TrainerConfig(strategy="ddp")) == "ddp"
     with pytest.raises(UsageError, match="not a DeepSpeed strategy"):
         lightning_strategy(TrainerConfig(strategy="deepspeed_stage_9"))
+
+
+@pytest.mark.parametrize("env", [{"TORCHELASTIC_RUN_ID": "job-1"}, {"SLURM_NTASKS": "16"}])
+def test_a_torchrun_or_srun_launch_must_name_its_run(env, tiny_args, monkeypatch):
+    from lightning_modules.run import RUN_NAME_ENV, run_dir_of
+
+    monkeypatch.delenv(RUN_NAME_ENV, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    config, _, _, _ = parse_config(["--method", "sft", *tiny_args])
+    with pytest.raises(UsageError, match="set --run_name"):
+        run_dir_of(config)
+    config.run_name = "named"
+    assert run_dir_of(config).name == "named"
