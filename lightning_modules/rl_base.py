@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import nn
 
 from lightning_modules.base import ReasoningModule
@@ -298,7 +299,7 @@ class RLModule(ReasoningModule):
     @property
     def engine_clips(self) -> bool:
         """DeepSpeed shards the gradients and clips them in its engine (``trainer.gradient_clip_val``)."""
-        return self.trainer.strategy.strategy_name.startswith("deepspeed")
+        return isinstance(self.trainer.strategy, DeepSpeedStrategy)
 
     def optimizer_update(self, optimizer, last: bool) -> None:
         """Lightning counts one step per ``LightningOptimizer.step``. One RL step is one rollout,
