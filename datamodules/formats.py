@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.answers import parse_number
-from datamodules.records import DataError, Record
+from datamodules.records import DataError, Record, first_line
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def _read_hub(source: str, hub_config: str | None, split: str) -> Iterator[Row]:
 
         rows = datasets.load_dataset(source, hub_config, split=split)
     except Exception as err:  # no network, unknown name, bad config: all mean "cannot load"
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        reason = first_line(err)
         raise DataError(
             f"data source {source!r} is neither a local file nor a loadable hub data set ({reason})"
         ) from err

@@ -10,6 +10,12 @@ class DataError(ValueError):
     """Bad input data. The message is one sentence that names the file (and line) at fault."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for a
+    one-sentence report."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 @dataclass(frozen=True)
 class Record:
     """A math word problem.

@@ -20,6 +20,7 @@ size), ``max_new_tokens``, ``width`` (hidden size of the embedded model, MLP 4x)
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -248,14 +249,18 @@ def summarise(case: Case, runs: list[dict]) -> dict:
     steps = [s for run in runs for s in run["steps"]]
     if not steps:
         raise BenchmarkError(f"no step of {case.label} was measured; raise --steps")
-    median = lambda key: statistics.median(s[key] for s in steps) if all(key in s for s in steps) else None  # noqa: E731
+
+    def median(key: str) -> float | None:
+        return statistics.median(s[key] for s in steps) if all(key in s for s in steps) else None
+
+    timed = [s for s in steps if s.get("generate_s")]  # steps with a generation phase
     step_s = median("step_s")
     out = {
         "label": case.label, "engine": case.engine, "method": case.method, "batch_size": case.batch_size,
         "samples_per_prompt": case.samples, "max_new_tokens": case.max_new_tokens, "width": case.width,
         "parameters": runs[0]["parameters"], "measured_steps": len(steps), "step_s": step_s,
         "samples_per_s": median("samples") / step_s,
-        "generated_tokens_per_s": statistics.median(s["generated_tokens"] / s["generate_s"] for s in steps if s.get("generate_s")) if any(s.get("generate_s") for s in steps) else None,
+        "generated_tokens_per_s": statistics.median(s["generated_tokens"] / s["generate_s"] for s in timed) if timed else None,
         "peak_memory_mb": max(run["peak_memory_mb"] for run in runs),
     }
     for key in ("generate_s", "score_s", "update_s", "rest_s"):
@@ -347,10 +352,8 @@ def benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.warmup_steps < 0:
         raise BenchmarkError(f"--warmup_steps must be >= 0, got {args.warmup_steps}")
     if args.trl:
-        try:
-            import trl  # noqa: F401
-        except ImportError:
-            raise BenchmarkError('--trl needs TRL: pip install -e ".[bench]"') from None
+        if importlib.util.find_spec("trl") is None:
+            raise BenchmarkError('--trl needs TRL: pip install -e ".[bench]"')
     key, values = parse_sweep(args.sweep)
     base = Case("ours", "grpo", args.batch_size, args.samples, args.max_new_tokens, args.width, args.layers, args.model,
                 args.temperature, args.lr, args.steps, args.warmup_steps, args.accelerator, args.precision, args.cache_dir, extra=args.extra)
@@ -379,22 +382,20 @@ def benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
               "seconds": time.perf_counter() - started, "results": rows}
     print(table(rows))
     if args.trl:
-        ratios = []
-        for i in range(0, len(rows)):
-            if rows[i]["engine"] == "trl":
-                ours = rows[i - 1]
-                ratio = ours["samples_per_s"] / rows[i]["samples_per_s"]
-                ratios.append({"samples_per_prompt": ours["samples_per_prompt"], "max_new_tokens": ours["max_new_tokens"],
-                               "width": ours["width"], "batch_size": ours["batch_size"], "ours_over_trl": ratio})
-                print(f"\nGRPO samples/s, ours / TRL's: {ratio:.2f}x "
-                      f"({ours['samples_per_s']:.1f} against {rows[i]['samples_per_s']:.1f}; "
-                      f"generation {fmt(ours['generate_s'])} s against {fmt(rows[i]['generate_s'])} s, "
-                      f"the rest {fmt(ours['step_s'] - ours['generate_s'])} s against {fmt(rows[i]['rest_s'])} s per step)")
-        result["trl_ratio"] = ratios
+        result["trl_ratio"] = [trl_ratio(ours, trl) for ours, trl in zip(rows, rows[1:]) if trl["engine"] == "trl"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"\nwritten: {out} ({time.perf_counter() - started:.0f} s)")
     return 0
+
+
+def trl_ratio(ours: dict, trl: dict) -> dict:
+    """Our samples per second over TRL's on the same work; printed, and returned for the JSON."""
+    ratio = ours["samples_per_s"] / trl["samples_per_s"]
+    print(f"\nGRPO samples/s, ours / TRL's: {ratio:.2f}x ({ours['samples_per_s']:.1f} against {trl['samples_per_s']:.1f}; "
+          f"generation {fmt(ours['generate_s'])} s against {fmt(trl['generate_s'])} s, "
+          f"the rest {fmt(ours['step_s'] - ours['generate_s'])} s against {fmt(trl['rest_s'])} s per step)")
+    return {key: ours[key] for key in ("batch_size", "samples_per_prompt", "max_new_tokens", "width")} | {"ours_over_trl": ratio}
 
 
 def _torch_threads() -> int:

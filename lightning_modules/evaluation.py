@@ -14,6 +14,7 @@ parsed as a number, never executed.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from datamodules.answers import extract_answer, is_correct
 from datamodules.formats import load_records
 from datamodules.prompts import format_prompt
-from datamodules.records import DataError, Record
+from datamodules.records import DataError, Record, first_line
 from datamodules.synthetic import SyntheticConfig, generate_splits
 from lightning_modules.config import SAMPLERS, EmbeddedModelConfig, LoraConfig, ModelConfig
 from lightning_modules.losses import sequence_logp, token_confidence
@@ -138,7 +139,7 @@ def _load_checkpoint_weights(policy: Policy, ckpt: Path) -> None:
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     except Exception as error:  # truncated file, not a checkpoint, pickled code: all unreadable
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
         raise EvalError(f"{ckpt} is not a readable Lightning checkpoint ({reason[:120]})") from None
     prefix = "policy.lm."
     weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
@@ -194,7 +195,7 @@ def load_model(source: str, dtype: str = "float32", trust_remote_code: bool = Fa
     except EvalError:
         raise
     except Exception as error:  # no such hub id, no network, broken folder
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
         raise EvalError(f"cannot load a model from {source} ({reason[:160]})") from None
     if checkpoint is not None:
         _load_checkpoint_weights(policy, checkpoint)
@@ -429,9 +430,7 @@ def _fmt(key: str, value: float | None, signed: bool = False) -> str:
 
 
 # ---- command line ----------------------------------------------------------------------------
-def build_parser() -> "argparse.ArgumentParser":
-    import argparse
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evaluate.py",
         description="Evaluate a model on math word problems: greedy pass@1, and with --samples n also pass@k, maj@n and confidence.",

@@ -102,7 +102,7 @@ class PPOModule(RLModule):
 
     # ---- loss (with gradient) -----------------------------------------------------------------
     def loss(self, minibatch: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        response_ids, mask = minibatch["response_ids"], minibatch["response_mask"]
+        response_ids = minibatch["response_ids"]
         logits, hidden = self.response_forward(self.policy, minibatch["input_ids"], minibatch["attention_mask"], response_ids.size(1), hidden=True)
         logp = self.logprobs(logits, response_ids)
         values, embeddings = self.head(hidden)

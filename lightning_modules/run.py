@@ -30,7 +30,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from callbacks import AtomicCheckpointIO, HuggingFaceExport, StepProgressBar
 from datamodules.reasoning import ReasoningDataModule
-from datamodules.records import DataError
+from datamodules.records import DataError, first_line
 from lightning_modules import METHODS
 from lightning_modules.base import TrainingDiverged
 from lightning_modules.config import (
@@ -248,7 +248,7 @@ def read_checkpoint(path: str) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # truncated, not a checkpoint, or pickled code that weights_only refuses
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
         raise UsageError(f"{path} is not a readable checkpoint ({reason[:120]})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
         raise UsageError(f"{path} is not a training checkpoint of this project (no state_dict or global_step)")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
@@ -207,7 +206,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarise(args: argparse.Namespace, facts: dict[str, dict], tasks: list[Task]) -> dict:
+def summarise(args: argparse.Namespace, facts: dict[str, dict]) -> dict:
     """Everything the table and plots show, from the result files and the runs' event files."""
     out, runs = Path(args.out), Path(args.out) / "runs"
     warmup_eval = read_result(out / "eval" / f"{WARMUP}.json")
@@ -359,7 +358,7 @@ def plots(summary: dict, out: Path, args: argparse.Namespace) -> list[Path]:
     return written
 
 
-def write_report(summary: dict, args: argparse.Namespace, tasks: list[Task], argv: list[str], minutes: float) -> Path:
+def write_report(summary: dict, args: argparse.Namespace, argv: list[str], minutes: float) -> Path:
     out = Path(args.out)
     images = plots(summary, out, args)
     k = args.samples
@@ -466,8 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {len(failed)} tasks did not finish ({', '.join(failed)}); logs are in {out / 'logs'}. "
               f"Run the same command again to continue.", file=sys.stderr)
         return 1
-    summary = summarise(args, facts, tasks)
-    report = write_report(summary, args, tasks, argv, (time.perf_counter() - started) / 60)
+    summary = summarise(args, facts)
+    report = write_report(summary, args, argv, (time.perf_counter() - started) / 60)
     print(report.read_text())
     print(f"Written to {report}")
     return 0

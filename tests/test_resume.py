@@ -14,7 +14,7 @@ import torch
 from callbacks import AtomicCheckpointIO
 from lightning_modules.run import main, parse_config, train
 from tests.conftest import ROOT
-from tests.runs import StopAt, checkpoint_state, scalars
+from tests.runs import StopAt, scalars
 
 STRATEGIES = ROOT / "configs" / "strategies"
 
