@@ -214,3 +214,23 @@ def test_every_rl_method_runs_on_two_processes_and_the_ranks_agree(tiny_args, tm
     if method in ("carft", "rlsc"):
         moved = [n for n, v in ranks[0]["weights"].items() if not torch.equal(v, ranks[0]["start"][n])]
         assert moved, f"{method}: no weight moved"
+
+
+@pytest.mark.slow
+def test_lora_on_two_processes_trains_identical_adapters_over_a_fixed_base(tiny_args, tmp_path):
+    """CARFT with LoRA: the KL reference is the adapters-off policy on each rank, and DDP averages
+    the adapters' and heads' gradients while the base stays as loaded."""
+    import torch
+
+    argv = ["--method", "carft", "--warmup_run", "null", "--run_name", "lora", "--trainer.max_steps", "2",
+            "--trainer.val_every_n_steps", "2", *DDP_ARGS, *tiny_args, *RL_DDP_ARGS["carft"], "--optim.lr", "1e-3",
+            "--model.lora.r", "4", "--algo.kl_coef", "0.05"]
+    run_ddp(tmp_path, "ddp_lora", WEIGHTS_SCRIPT, argv)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    weights, start = ranks[0]["weights"], ranks[0]["start"]
+    assert weights.keys() == ranks[1]["weights"].keys() and any("lora_" in n for n in weights)
+    for name, value in weights.items():
+        assert torch.equal(value, ranks[1]["weights"][name]), f"ranks differ in {name}"
+    moved = {n for n, v in weights.items() if not torch.equal(v, start[n])}
+    assert any("lora_" in n for n in moved), "no adapter moved"
+    assert all("lora_" in n or n.startswith("policy.heads.") for n in moved), sorted(moved)[:3]

@@ -21,11 +21,12 @@ class Watch(L.Callback):
 
 
 @pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.float32), ("bf16-true", torch.bfloat16)])
-@pytest.mark.parametrize("method", ["sft", "ppo", "carft", "grpo", "rlsc"])
+@pytest.mark.parametrize("method", ["sft", "ppo", "carft", "grpo", "rlsc", "carft+lora"])
 def test_every_method_trains_in_bf16(tiny_args, monkeypatch, method, precision, dtype):
     alternating_rewards(monkeypatch)  # PPO, CARFT and GRPO would otherwise have zero gradients on the untrained model
+    method, _, lora = method.partition("+")
     argv = ["--method", method, "--run_name", "bf16", "--trainer.precision", precision, "--trainer.max_steps", "2",
-            "--trainer.val_every_n_steps", "2", "--optim.lr", "1e-2", *tiny_args]
+            "--trainer.val_every_n_steps", "2", "--optim.lr", "1e-2", *tiny_args, *(["--model.lora.r", "4"] if lora else [])]
     config, _, _, _ = parse_config(argv + (RL_ARGS if method != "sft" else []) + (["--algo.eval_samples", "0"] if method == "rlsc" else []))
     watch = Watch()
     metrics = train(config, callbacks=[watch])
