@@ -485,9 +485,14 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
         base = EvalSettings(**{k: getattr(args, k) for k in given})
         base.validate()
-        model = load_model(args.model, args.dtype, args.trust_remote_code)
-        model.policy.to(device)
-        model.sampler = args.sampler
+
+        def load(source: str) -> LoadedModel:
+            loaded = load_model(source, args.dtype, args.trust_remote_code)
+            loaded.policy.to(device)
+            loaded.sampler = args.sampler
+            return loaded
+
+        model = load(args.model)
         settings = settings_for(model, base, given)
         result = evaluate(model, settings, args.batch_size)
         baseline = None
@@ -495,10 +500,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.baseline.endswith(".json"):
                 baseline = read_result(args.baseline)
             else:
-                other = load_model(args.baseline, args.dtype, args.trust_remote_code)
-                other.policy.to(device)
-                other.sampler = args.sampler
-                baseline = evaluate(other, settings, args.batch_size)
+                baseline = evaluate(load(args.baseline), settings, args.batch_size)
             result["baseline"] = {k: baseline[k] for k in ("model", "metrics")}
             result["comparison"] = compare(result, baseline)
         output = Path(args.output) if args.output else default_output(model, args.model, settings)
