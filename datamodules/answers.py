@@ -1,6 +1,6 @@
-"""Answer extraction and checking (METHODS.md section 0).
+"""Answer extraction and checking, and the rewards and votes built on them (docs/METHODS.md section 0).
 
-Pure functions over model or data text. Nothing here ever evaluates text: numbers are
+Pure functions over model or data text and the answers extracted from it. Nothing here ever evaluates text: numbers are
 recognised with regular expressions and converted with ``float`` only.
 """
 
@@ -73,7 +73,7 @@ def _boxed_content(text: str) -> str | None:
 
 
 def extract_answer(text: str, fallback_last_number: bool = False) -> float | None:
-    """The predicted answer in ``text`` by the rules of spec section 0, in priority order.
+    """The predicted answer in ``text`` by the rules of docs/METHODS.md section 0, in priority order.
 
     The first rule whose anchor is present decides: a present but unparseable answer is
     ``None``, never a fall-through to a weaker rule.
@@ -95,9 +95,54 @@ def extract_answer(text: str, fallback_last_number: bool = False) -> float | Non
 
 
 def is_correct(pred: float | None, gold: float, tol: float = 1e-2) -> bool:
-    """CARFT's rule (spec section 0): correct when |pred - gold| <= tol."""
+    """CARFT's rule (docs/METHODS.md section 0): correct when |pred - gold| <= tol."""
     if pred is None or not math.isfinite(pred):
         return False
     # The 1e-9 slack absorbs binary rounding so that an error of exactly tol counts as inside
     # (1.01 - 1.0 is 0.010000000000000009 in floating point).
     return abs(pred - gold) <= tol + 1e-9
+
+
+# ---- rewards and votes over extracted answers ---------------------------------------------
+CORRECT_REWARD, WRONG_ANSWER_REWARD, NO_ANSWER_REWARD = 1.0, 0.1, 0.0
+
+
+def rule_reward(pred: float | None, gold: float) -> float:
+    """ReFT/CARFT rule reward: 1.0 correct, 0.1 an answer was extracted but is wrong, 0.0 none."""
+    if pred is None:
+        return NO_ANSWER_REWARD
+    return CORRECT_REWARD if is_correct(pred, gold) else WRONG_ANSWER_REWARD
+
+
+def majority_answer(answers: list[float | None]) -> tuple[float | None, float]:
+    """The most common extracted answer (equal within the checking tolerance) and its share of
+    all samples, unparsed ones included; ties go to the first seen. ``(None, 0.0)`` if none parsed."""
+    representatives: list[float] = []
+    counts: list[int] = []
+    for answer in answers:
+        if answer is None:
+            continue
+        for index, representative in enumerate(representatives):
+            if is_correct(answer, representative):
+                counts[index] += 1
+                break
+        else:
+            representatives.append(answer)
+            counts.append(1)
+    if not counts:
+        return None, 0.0
+    best = max(range(len(counts)), key=lambda i: (counts[i], -i))
+    return representatives[best], counts[best] / len(answers)
+
+
+def majority_agreement(answers: list[float | None], group: int) -> tuple[list[bool], list[float]]:
+    """For consecutive groups of ``group`` answers: whether each answer agrees with its group's
+    majority answer (an unparsed one never does), and each group's majority share."""
+    agrees: list[bool] = []
+    shares: list[float] = []
+    for start in range(0, len(answers), group):
+        members = answers[start : start + group]
+        majority, share = majority_answer(members)
+        shares.append(share)
+        agrees += [a is not None and majority is not None and is_correct(a, majority) for a in members]
+    return agrees, shares

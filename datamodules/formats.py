@@ -1,7 +1,7 @@
 """Read every supported data source (local .jsonl / .json file or Hugging Face hub set) into
 ``list[Record]``.
 
-Formats (see /work/shared/data/README.md): ``gsm8k`` (question, answer = worked solution
+Formats: ``gsm8k`` (question, answer = worked solution
 ending ``#### N``), ``reft`` (question, answer_value, optional answer_cot), ``svamp``
 (Body, Question, Answer). Bad input raises ``DataError`` with one sentence naming the file and
 row; with ``on_error="skip"`` bad rows are skipped, counted and reported in one warning.

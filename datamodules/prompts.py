@@ -1,4 +1,4 @@
-"""Prompt and target text, in the ReFT/CARFT format (spec section 0) or a chat template."""
+"""Prompt and target text, in the ReFT/CARFT format (docs/METHODS.md section 0) or a chat template."""
 
 from __future__ import annotations
 

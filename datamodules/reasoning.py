@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from datamodules.config import DataConfig
 from datamodules.formats import load_records
 from datamodules.prompts import format_prompt, format_target
 from datamodules.records import DataError, Record
@@ -25,6 +26,19 @@ TrainBatches = Literal["annotated", "labeled", "unlabeled"]
 answers and annotated targets (PPO, CARFT, GRPO). unlabeled: left-padded prompts only (RLSC)."""
 
 
+def pad_sequences(sequences: list[list[int]], pad_id: int, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists as one ``[B, W]`` tensor padded on ``side`` (left for prompts to generate
+    from, right for targets) and its attention mask; ``W`` is the longest length (at least 1)."""
+    width = max(1, max(len(s) for s in sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+        ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
+
+
 @dataclass(frozen=True)
 class Example:
     index: int
@@ -34,7 +48,7 @@ class Example:
     has_chain_of_thought: bool
 
 
-def load_split_records(config) -> dict[str, list[Record]]:
+def load_split_records(config: DataConfig) -> dict[str, list[Record]]:
     """Train, val and test records from ``config`` (a DataConfig), questions never shared."""
     if config.path == "synthetic":
         splits = generate_splits(config.synthetic)
@@ -59,7 +73,7 @@ def load_split_records(config) -> dict[str, list[Record]]:
     return {"train": train, "val": val, "test": test}
 
 
-def load_records_from(config, source: str, hub_split: str) -> list[Record]:
+def load_records_from(config: DataConfig, source: str, hub_split: str) -> list[Record]:
     """``hub_split`` is the split a hub data set is asked for; local files ignore it."""
     return load_records(
         source,
@@ -72,7 +86,7 @@ def load_records_from(config, source: str, hub_split: str) -> list[Record]:
 
 
 class ReasoningDataModule(L.LightningDataModule):
-    def __init__(self, config, tokenizer: PreTrainedTokenizerBase, train_batches: TrainBatches, seed: int = 0) -> None:
+    def __init__(self, config: DataConfig, tokenizer: PreTrainedTokenizerBase, train_batches: TrainBatches, seed: int = 0) -> None:
         super().__init__()
         self.config, self.tokenizer, self.train_batches, self.seed = config, tokenizer, train_batches, seed
         self.examples: dict[str, list[Example]] = {}
@@ -137,14 +151,7 @@ class ReasoningDataModule(L.LightningDataModule):
 
     # ---- batches -----------------------------------------------------------------------
     def _pad(self, sequences: list[list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(1, max(len(s) for s in sequences))
-        ids = torch.full((len(sequences), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
-            ids[row, span] = torch.tensor(seq, dtype=torch.long)
-            mask[row, span] = 1
-        return ids, mask
+        return pad_sequences(sequences, self.tokenizer.pad_token_id, side)
 
     def collate_annotated(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         input_ids, attention_mask = self._pad([e.prompt_ids + e.target_ids for e in examples], "right")

@@ -15,9 +15,8 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_modules.config import RunConfig
 from lightning_modules.distributed import all_reduce_sum
-from lightning_modules.metrics import majority_correct
+from lightning_modules.evaluation import grade, respond, sampling_seed, seeded
 from lightning_modules.policy import Policy
-from lightning_modules.rollout import check_answers, decode, generate
 
 
 @dataclass
@@ -145,16 +144,13 @@ class ReasoningModule(L.LightningModule):
 
     # ---- seeded sampling ------------------------------------------------------------------
     def run_seed(self, index: int) -> int:
-        """A seed from (run seed, rank, index): ranks draw differently, and the same index draws
-        alike in every run with this seed, resumed or not."""
-        return (self.config.seed * 1_000_003 + self.global_rank) * 1_000_003 + index
+        """This rank's seed of draw ``index`` (see :func:`~lightning_modules.evaluation.sampling_seed`)."""
+        return sampling_seed(self.config.seed, self.global_rank, index)
 
     @contextmanager
     def seeded(self, index: int):
         """Sample from the RNG seeded by :meth:`run_seed`, leaving the global RNG as it was."""
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.run_seed(index))
+        with seeded(self.run_seed(index), self.device):
             yield
 
     # ---- evaluation by greedy decoding (and, if asked, k samples per question) -------------
@@ -168,49 +164,36 @@ class ReasoningModule(L.LightningModule):
         return 1.0
 
     def _evaluate(self, stage: str, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        responses, mask = generate(
-            self.policy.lm, batch["prompt_ids"], batch["prompt_mask"], self.tokenizer, self.config.trainer.max_new_tokens,
-            sampler=self.config.trainer.sampler,
-        )
-        texts = decode(self.tokenizer, responses, mask)
-        predictions, correct = check_answers(texts, batch["answer"])
+        """Greedy pass@1, parse rate and length; on the validation split also, with ``eval_samples``
+        k, pass@k (any of the k right), maj@k and the mean accuracy of the k samples, drawn under
+        the run's seed for this batch (every evaluation of a run draws alike)."""
+        trainer_config, gold = self.config.trainer, batch["answer"].tolist()
+        greedy = respond(self.policy, self.tokenizer, batch["prompt_ids"], batch["prompt_mask"], trainer_config.max_new_tokens,
+                         sampler=trainer_config.sampler)
+        graded = grade(greedy.texts, gold)
         metrics = self.eval_metrics[stage]
-        metrics["accuracy"].update(correct.float())
-        metrics["response_length"].update(mask.sum(-1).float())
-        metrics["parse_rate"].update(torch.tensor([p is not None for p in predictions], dtype=torch.float))
-        if self.eval_samples and stage == "val":
-            self._evaluate_sampled(metrics, batch, batch_idx)
+        metrics["accuracy"].update(graded.correct[:, 0].float())
+        metrics["response_length"].update(greedy.lengths)
+        metrics["parse_rate"].update(graded.parsed[:, 0].float())
+        k = self.eval_samples
+        if k and stage == "val":
+            sampled = respond(
+                self.policy, self.tokenizer, batch["prompt_ids"], batch["prompt_mask"], trainer_config.max_new_tokens, n=k,
+                temperature=self.eval_temperature, seed=self.run_seed(batch_idx), sampler=trainer_config.sampler,
+                max_rows=self.config.data.eval_batch_size,
+            )
+            graded_k = grade(sampled.texts, gold, k)
+            metrics[f"pass@{k}"].update(graded_k.pass_at(k))
+            metrics[f"maj@{k}"].update(graded_k.majority.float())
+            metrics["sampled_accuracy"].update(graded_k.correct.float().mean(-1))
         for name, metric in metrics.items():
-            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=len(texts))
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=len(gold))
         if batch_idx == 0 and stage == "val":
             prompts = self.tokenizer.batch_decode(batch["prompt_ids"][:3], skip_special_tokens=True)
             self._samples = [
                 f"**prompt**\n\n    {p.strip()}\n\n**response** (gold {float(g):g})\n\n    {t}"
-                for p, t, g in zip(prompts, texts, batch["answer"])
+                for p, t, g in zip(prompts, greedy.texts, gold)
             ]
-
-    @torch.no_grad()
-    def _evaluate_sampled(self, metrics, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """pass@k (k = n, so: any of the k correct), maj@k and the mean accuracy of k samples per
-        question. Seeded by (seed, rank, batch), so every evaluation of a run draws alike."""
-        k, rows = self.eval_samples, batch["prompt_ids"].size(0)
-        prompt_ids, prompt_mask = batch["prompt_ids"].repeat_interleave(k, 0), batch["prompt_mask"].repeat_interleave(k, 0)
-        chunk = max(k, self.config.data.eval_batch_size // k * k)  # whole questions per generate call
-        texts: list[str] = []
-        with self.seeded(batch_idx):
-            for start in range(0, rows * k, chunk):
-                responses, mask = generate(
-                    self.policy.lm, prompt_ids[start : start + chunk], prompt_mask[start : start + chunk], self.tokenizer,
-                    self.config.trainer.max_new_tokens, do_sample=True, temperature=self.eval_temperature,
-                    sampler=self.config.trainer.sampler,
-                )
-                texts += decode(self.tokenizer, responses, mask)
-        predictions, correct = check_answers(texts, batch["answer"].repeat_interleave(k, 0))
-        correct = correct.view(rows, k)
-        majority = [majority_correct(predictions[i * k : (i + 1) * k], float(g)) for i, g in enumerate(batch["answer"])]
-        metrics[f"pass@{k}"].update(correct.any(-1).float())
-        metrics[f"maj@{k}"].update(torch.tensor(majority, dtype=torch.float))
-        metrics["sampled_accuracy"].update(correct.float().mean(-1))
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate("val", batch, batch_idx)

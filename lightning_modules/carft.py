@@ -1,5 +1,10 @@
-"""CARFT (spec section 3): PPO plus a learned representation of each chain of thought and
-contrastive signals between the annotated CoT and the sampled ones (Zhu et al. 2025)."""
+"""CARFT (docs/METHODS.md section 3): PPO plus a learned representation of each chain of thought
+and contrastive signals between the annotated CoT and the sampled ones (Zhu et al. 2025).
+
+The whole objective is in :meth:`CARFTModule.loss`: PPO's policy and value terms plus
+``lambda_cl`` times the contrastive term. Scoring adds what the contrastive term and the
+partial reward need (:class:`ContrastTargets`) to PPO's own targets.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +16,22 @@ import torch.nn.functional as F
 
 from lightning_modules.config import ConfigError, require
 from lightning_modules.distributed import gather_rows
+from lightning_modules.generation import response_logits
 from lightning_modules.heads import build_head
 from lightning_modules.losses import (
     carft_negative_loss,
     carft_positive_loss,
     lcs_masks_batch,
     masked_mean,
-    partial_reward,
     pool_cot,
     reinforce_loss,
     representation_mse,
     supcon_loss,
     triplet_loss,
 )
-from lightning_modules.ppo import PPOConfig, PPOModule
-from lightning_modules.rl_base import Rollout
+from lightning_modules.ppo import PPOConfig, PPOModule, PPOScores
+from lightning_modules.rewards import PartialReward, RuleReward
+from lightning_modules.rollout import Rollout, Rows, Signals
 
 
 @dataclass
@@ -74,6 +80,34 @@ class CARFTConfig(PPOConfig):
         require(self.mse_weight >= 0, f"algo.mse_weight must be >= 0, got {self.mse_weight}")
         require(self.seed_temperature > 0, f"algo.seed_temperature must be positive, got {self.seed_temperature}")
         require(self.rl in ("ppo", "reinforce"), f"algo.rl must be ppo or reinforce, got {self.rl!r}")
+        require(
+            not self.partial_reward or self.reward == "rule",
+            f"algo.partial_reward rewrites the rule reward of a wrong answer, so it needs algo.reward rule, got {self.reward!r}; "
+            "set algo.partial_reward false to use another reward",
+        )
+
+
+@dataclass
+class ContrastTargets(Rows):
+    """What the contrastive term and the partial reward need, computed once per rollout (token
+    ids and the annotated representation do not change across the updates)."""
+
+    z_annotated: torch.Tensor
+    """[N, d] pooled representation of the response's annotated CoT: a constant target."""
+    cos_annotated: torch.Tensor
+    """[N] cosine of the sampled response's representation with ``z_annotated`` at sampling time."""
+    lcs_response: torch.Tensor
+    """[N, T] bool, response tokens in the LCS with the annotated CoT (incorrect responses only)."""
+    z_unmatched_annotated: torch.Tensor
+    """[N, d] z1: the annotated tokens outside that LCS, pooled."""
+    negative_valid: torch.Tensor
+    """[N] bool, incorrect with a non-empty LCS and non-empty remainders on both sides."""
+
+
+@dataclass
+class CARFTScores(Rows):
+    ppo: PPOScores
+    contrast: ContrastTargets
 
 
 class CARFTModule(PPOModule):
@@ -83,6 +117,9 @@ class CARFTModule(PPOModule):
 
     def build_heads(self) -> None:
         self.policy.heads[self.head_key] = build_head(self.algo.head, self.policy.hidden_size, self.algo.embed_dim)
+
+    def named_reward(self, name: str):
+        return PartialReward() if self.algo.partial_reward else RuleReward()
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -97,102 +134,107 @@ class CARFTModule(PPOModule):
     def pool(self, embeddings: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return pool_cot(embeddings, values, mask, self.algo.pooling)
 
-    # ---- rollout time (no gradient) ------------------------------------------------------------
-    def annotate(self, rollout: Rollout, embeddings: torch.Tensor) -> None:
-        """Annotated representations (a constant target), LCS pieces and the cosines the partial
-        reward needs; run once per rollout."""
-        target_ids, target_mask = rollout["target_ids"], rollout["target_mask"]
+    # ---- scoring (no gradient) ------------------------------------------------------------
+    def score(self, rollout: Rollout) -> tuple[CARFTScores, dict[str, torch.Tensor]]:
+        logp_old, values_old, embeddings, logits = self.policy_pass(rollout)
+        contrast, metrics = self.contrast_targets(rollout, embeddings, values_old)
+        rewards = self.rewards(rollout, Signals(cos_annotated=contrast.cos_annotated))
+        ppo, ppo_metrics = self.ppo_scores(rollout, logits, logp_old, values_old, rewards)
+        return CARFTScores(ppo, contrast), {**metrics, **ppo_metrics}
+
+    def contrast_targets(
+        self, rollout: Rollout, embeddings: torch.Tensor, values: torch.Tensor
+    ) -> tuple[ContrastTargets, dict[str, torch.Tensor]]:
+        """The annotated representations, the cosines the partial reward reads, and the LCS pieces
+        of every incorrect response."""
+        target_ids, target_mask, response_mask = rollout.target_ids, rollout.target_mask, rollout.response_mask
         # One forward per question, not per sample: the samples of a question share its annotation.
-        n, prompt_length = self.algo.samples_per_prompt, rollout.prompt_length
-        input_ids = torch.cat([rollout["input_ids"][::n, :prompt_length], target_ids[::n]], dim=1)
-        attention_mask = torch.cat([rollout["attention_mask"][::n, :prompt_length], target_mask[::n]], dim=1)
-        _, hidden = self.response_forward(self.policy, input_ids, attention_mask, target_ids.size(1), hidden=True)
+        n, prompt_length = rollout.group, rollout.prompt_length
+        input_ids = torch.cat([rollout.input_ids[::n, :prompt_length], target_ids[::n]], dim=1)
+        attention_mask = torch.cat([rollout.attention_mask[::n, :prompt_length], target_mask[::n]], dim=1)
+        _, hidden = response_logits(self.policy, input_ids, attention_mask, target_ids.size(1), hidden=True)
         values_annotated, embeddings_annotated = (t.repeat_interleave(n, 0) for t in self.head(hidden))
-        rollout["z_annotated"] = self.pool(embeddings_annotated, values_annotated, target_mask)
-
-        response_mask = rollout["response_mask"]
-        z_sampled = self.pool(embeddings, rollout["values_old"], response_mask)
-        rollout["cos_annotated"] = F.cosine_similarity(rollout["z_annotated"], z_sampled, dim=-1, eps=1e-8)
-        correct = rollout["correct"]
-        rollout.metrics["cos_correct"] = masked_mean(rollout["cos_annotated"], correct)
-        rollout.metrics["cos_incorrect"] = masked_mean(rollout["cos_annotated"], ~correct)
-
-        # LCS of the annotated CoT and every incorrect response, once per rollout (token ids do
-        # not change across the updates).
+        z_annotated = self.pool(embeddings_annotated, values_annotated, target_mask)
+        cos_annotated = F.cosine_similarity(z_annotated, self.pool(embeddings, values, response_mask), dim=-1, eps=1e-8)
+        correct = rollout.correct
+        metrics = {
+            "cos_correct": masked_mean(cos_annotated, correct),
+            "cos_incorrect": masked_mean(cos_annotated, ~correct),
+        }
         started = time.perf_counter()
         lcs_annotated = torch.zeros_like(target_mask, dtype=torch.bool)
         lcs_response = torch.zeros_like(response_mask, dtype=torch.bool)
         rows = (~correct).nonzero().squeeze(-1)
         if self.algo.objective == "infonce" and self.algo.negative and rows.numel():
-            in_a, in_b = lcs_masks_batch(target_ids[rows], rollout["response_ids"][rows], target_mask[rows].sum(-1), response_mask[rows].sum(-1))
+            in_a, in_b = lcs_masks_batch(target_ids[rows], rollout.response_ids[rows], target_mask[rows].sum(-1), response_mask[rows].sum(-1))
             lcs_annotated[rows], lcs_response[rows] = in_a.to(self.device), in_b.to(self.device)
-        rollout.metrics["lcs_s"] = torch.tensor(time.perf_counter() - started)
-        rollout["lcs_response"] = lcs_response
+        metrics["lcs_s"] = torch.tensor(time.perf_counter() - started)
         unmatched_annotated = target_mask.bool() & ~lcs_annotated
-        rollout["z_unmatched_annotated"] = self.pool(embeddings_annotated, values_annotated, unmatched_annotated)
-        rollout["negative_valid"] = (
+        negative_valid = (
             ~correct
             & lcs_response.any(-1)
             & unmatched_annotated.any(-1)
             & (response_mask.bool() & ~lcs_response).any(-1)
         )
+        z_unmatched_annotated = self.pool(embeddings_annotated, values_annotated, unmatched_annotated)
+        return ContrastTargets(z_annotated, cos_annotated, lcs_response, z_unmatched_annotated, negative_valid), metrics
 
-    def sequence_rewards(self, rollout: Rollout) -> torch.Tensor:
-        rewards = super().sequence_rewards(rollout)
-        if not self.algo.partial_reward:
-            rollout.metrics["partial_rewards_changed"] = torch.zeros(())
-            return rewards
-        enhanced = partial_reward(rewards, rollout["cos_annotated"])
-        rollout.metrics["partial_rewards_changed"] = (enhanced != rewards).sum().float()
-        return enhanced
-
-    # ---- update (with gradient) -------------------------------------------------------------------
-    def rl_loss(self, minibatch: Rollout, logp: torch.Tensor, values: torch.Tensor):
+    # ---- the CARFT objective (with gradient) ------------------------------------------------
+    def loss(self, rollout: Rollout, scores: CARFTScores) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``L = L_policy + vf_coef * L_value + lambda_cl * L_contrastive`` (docs/METHODS.md section 3);
+        with the seed's ``rl reinforce``, ``-(log-prob x reward)`` replaces PPO's two terms."""
+        logp, values, embeddings, _ = self.policy_pass(rollout)
         if self.algo.rl == "ppo":
-            return super().rl_loss(minibatch, logp, values)
-        loss = reinforce_loss(logp, minibatch["rewards"], minibatch["response_mask"])
-        return loss, {"policy_loss": loss.detach()}
+            policy_loss, value_loss, metrics = self.ppo_terms(rollout, scores.ppo, logp, values)
+            rl_loss = policy_loss + self.algo.vf_coef * value_loss
+        else:
+            rl_loss = reinforce_loss(logp, scores.ppo.rewards, rollout.response_mask)
+            metrics = {"policy_loss": rl_loss.detach()}
+        contrastive, keep_collectives, cl_metrics = self.contrastive_loss(rollout, scores.contrast, embeddings, values)
+        extra = self.algo.lambda_cl * contrastive + keep_collectives
+        if self.algo.mse_weight > 0:
+            mse = representation_mse(self.pool(embeddings, values, rollout.response_mask.bool()), scores.contrast.z_annotated)
+            cl_metrics["loss_mse"] = mse.detach()
+            extra = extra + self.algo.mse_weight * mse
+        return rl_loss + extra, {**metrics, **cl_metrics}
 
-    def extra_loss(self, minibatch: Rollout, values: torch.Tensor, embeddings: torch.Tensor):
-        algo, mask = self.algo, minibatch["response_mask"].bool()
-        correct = minibatch["correct"]
+    def contrastive_loss(
+        self, rollout: Rollout, targets: ContrastTargets, embeddings: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The contrastive term (InfoNCE's 0.5 * (L_pos + L_neg), or the seed's triplet or supcon),
+        a zero that ties every gathered tensor into this rank's loss, and the terms' metrics."""
+        algo, mask, correct = self.algo, rollout.response_mask.bool(), rollout.correct
         z = self.pool(embeddings, values, mask)
         use_negative = algo.objective == "infonce" and algo.negative
         parts = [z]
         if use_negative:
-            valid = minibatch["negative_valid"]
-            z_matched = self.pool(embeddings, values, mask & minibatch["lcs_response"])
-            z_unmatched = self.pool(embeddings, values, mask & ~minibatch["lcs_response"])
-            parts.append(z_unmatched[valid])
+            z_matched = self.pool(embeddings, values, mask & targets.lcs_response)
+            z_unmatched = self.pool(embeddings, values, mask & ~targets.lcs_response)
+            parts.append(z_unmatched[targets.negative_valid])
         # With gradient: other ranks' samples are candidates too, and their gradients go home.
         gathered = gather_rows(*parts)
         z_all = gathered[0]
         # Every rank's loss must reach the gathered tensors (their backward is a collective),
         # also when this rank has no correct or no incorrect sample.
-        touch = 0.0 * sum(g.sum() for g in gathered)
+        keep_collectives = 0.0 * sum(g.sum() for g in gathered)
         metrics: dict[str, torch.Tensor] = {}
         if algo.objective == "infonce":
             terms = []
             if algo.positive:
-                loss_pos = carft_positive_loss(minibatch["z_annotated"], z_all, correct, algo.tau, algo.clamp)
+                loss_pos = carft_positive_loss(targets.z_annotated, z_all, correct, algo.tau, algo.clamp)
                 terms.append(loss_pos)
                 metrics["loss_pos"] = loss_pos.detach()
             if use_negative:
-                loss_neg = carft_negative_loss(minibatch["z_unmatched_annotated"], z_matched, gathered[1], valid, algo.tau, algo.clamp)
+                loss_neg = carft_negative_loss(targets.z_unmatched_annotated, z_matched, gathered[1], targets.negative_valid, algo.tau, algo.clamp)
                 terms.append(loss_neg)
                 metrics["loss_neg"] = loss_neg.detach()
             contrastive = sum(terms) / len(terms)  # 0.5 * (L_pos + L_neg) when both are on
         elif algo.objective == "triplet":
             (correct_all,) = gather_rows(correct.float())
-            contrastive = triplet_loss(minibatch["z_annotated"], z_all, correct_all.bool(), algo.triplet_margin, algo.seed_temperature)
+            contrastive = triplet_loss(targets.z_annotated, z_all, correct_all.bool(), algo.triplet_margin, algo.seed_temperature)
         else:
-            correct_all, z_annotated_all = gather_rows(correct.float()), gather_rows(minibatch["z_annotated"])
+            correct_all, z_annotated_all = gather_rows(correct.float()), gather_rows(targets.z_annotated)
             labels = torch.cat([correct_all[0], torch.ones(len(z_annotated_all[0]), device=z.device)])
             contrastive = supcon_loss(torch.cat([z_all, z_annotated_all[0]]), labels, algo.seed_temperature)
         metrics["loss_cl"] = contrastive.detach()
-        loss = algo.lambda_cl * contrastive + touch
-        if algo.mse_weight > 0:
-            mse = representation_mse(z, minibatch["z_annotated"])
-            metrics["loss_mse"] = mse.detach()
-            loss = loss + algo.mse_weight * mse
-        return loss, metrics
+        return contrastive, keep_collectives, metrics

@@ -1,513 +1,124 @@
-"""Evaluate a model on math word problems (``scripts/evaluate.py``).
+"""The one evaluation engine, for in-run validation and ``scripts/evaluate.py`` alike.
 
-Greedy pass@1 always; with ``samples = n`` also pass@k for k = 1, 2, 4, ..., n (the
-unbiased estimator over the n samples), maj@n, and the model's confidence in what it
-wrote (spec section 4: sequence confidence exp(s), token confidence = mean top-token
-probability). Against a baseline: both models' figures, the difference, and the seeds'
-"efficiency gain" 1 - (mean response length of the run / of the baseline).
-
-A model is a Lightning checkpoint of a run, a run folder, a Hugging Face folder (or a LoRA
-adapter export, read with its base model) or a hub id; data is the embedded generator's
-split, a local GSM8K / ReFT / SVAMP file, or a hub data set. Model output is only ever
-parsed as a number, never executed.
+:func:`respond` answers a batch of left-padded prompts greedily (``n = 0``) or with ``n``
+seeded samples each, and can score the model's confidence in what it wrote;
+:func:`grade` reads and checks the answers and gives the per-question measures every
+report is made of (accuracy, parse rate, pass@k, maj@k). Sampling is seeded by one rule,
+:func:`sampling_seed`, which rollouts use as well.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import sys
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
-import yaml
-from tqdm import tqdm
 
 from datamodules.answers import extract_answer, is_correct
-from datamodules.formats import load_records
-from datamodules.prompts import format_prompt
-from datamodules.records import DataError, Record, first_line
-from datamodules.synthetic import SyntheticConfig, generate_splits
-from lightning_modules.config import SAMPLERS, EmbeddedModelConfig, LoraConfig, ModelConfig
+from lightning_modules.generation import decode, generate, response_logits
 from lightning_modules.losses import sequence_logp, token_confidence
 from lightning_modules.metrics import majority_correct, pass_at_k
-from lightning_modules.policy import Policy, load_tokenizer, resolve_model_path
-from lightning_modules.rollout import decode, generate, response_logits
-
-SCHEMA = "reasoning-rl/evaluation/v1"
-"""Written into every result file; bumped when a key changes meaning."""
 
 
-class EvalError(ValueError):
-    """A mistake in what was asked (unreadable model, data or baseline); one sentence."""
+def sampling_seed(seed: int, rank: int, index: int) -> int:
+    """The seed of draw ``index`` (a step, or an evaluation batch) on ``rank`` of a run seeded
+    ``seed``: ranks draw differently, and the same index draws alike in every run with this
+    seed, resumed or not."""
+    return (seed * 1_000_003 + rank) * 1_000_003 + index
 
 
-@dataclass
-class EvalSettings:
-    """How a model is evaluated; two result files compare only if these are equal."""
-
-    data: str = "synthetic"
-    """'synthetic' (the embedded generator), a local .jsonl / .json file, or a hub data set name."""
-    split: str = "test"
-    """Embedded or hub split (train, val/validation, test); local files ignore it."""
-    hub_config: str | None = None
-    """Config name of a hub data set (openai/gsm8k needs 'main')."""
-    format: str = "auto"
-    """File format: auto, gsm8k, reft or svamp."""
-    limit: int | None = None
-    """Evaluate the first this many questions only."""
-    samples: int = 0
-    """Responses sampled per question for pass@k, maj@k and sampled confidence; 0: greedy only."""
-    temperature: float = 1.0
-    """Sampling temperature (confidence of sampled responses is scored at it, as RLSC does)."""
-    top_p: float = 1.0
-    """Nucleus sampling; 1.0 is off."""
-    max_new_tokens: int = 300
-    """Generation budget (ReFT's for GSM8K); a run's own value is used when evaluating a run."""
-    prompt_style: str = "reft"
-    """'reft' or 'chat'; a run's own value is used when evaluating a run."""
-    seed: int = 0
-    """Seed of the sampled responses: the same command draws the same samples."""
-    synthetic: dict[str, Any] = field(default_factory=dict)
-    """Knobs of the embedded generator (a run's own when evaluating a run)."""
-
-    def validate(self) -> None:
-        checks = (
-            (self.samples >= 0, f"--samples must be >= 0, got {self.samples}"),
-            (self.samples != 1, "--samples 1 gives no pass@k or maj@k beyond greedy; use 0 or at least 2"),
-            (self.temperature > 0, f"--temperature must be positive, got {self.temperature}"),
-            (0 < self.top_p <= 1, f"--top_p must lie in (0, 1], got {self.top_p}"),
-            (self.max_new_tokens > 0, f"--max_new_tokens must be positive, got {self.max_new_tokens}"),
-            (self.limit is None or self.limit > 0, f"--limit must be positive, got {self.limit}"),
-            (self.prompt_style in ("reft", "chat"), f"--prompt_style must be reft or chat, got {self.prompt_style!r}"),
-            (self.format in ("auto", "gsm8k", "reft", "svamp"), f"--format must be auto, gsm8k, reft or svamp, got {self.format!r}"),
-        )
-        for ok, message in checks:
-            if not ok:
-                raise EvalError(message)
+@contextmanager
+def seeded(seed: int, device: torch.device):
+    """Draw from the RNG seeded with ``seed``, leaving the global RNG as it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
-# ---- models -------------------------------------------------------------------------------
-@dataclass
-class LoadedModel:
-    policy: Policy
-    tokenizer: Any
-    description: str
-    run_config: dict | None  # the training run's config.yaml, when the model comes from a run
-    name: str = ""  # short, for progress bars: the run's folder name, else the source's last part
-    sampler: str = "static_cache"  # how responses are generated (trainer.sampler); both draw the same tokens
-
-
-def _run_folder_of(path: Path) -> Path | None:
-    """The run folder a checkpoint or export belongs to (the one holding config.yaml)."""
-    for folder in (path, path.parent, path.parent.parent):
-        if (folder / "config.yaml").is_file() and ((folder / "checkpoints").is_dir() or (folder / "hf").is_dir()):
-            return folder
-    return None
-
-
-def _base_model_path(run_dir: Path, run_config: dict) -> str:
-    """What a run's policy was built from: its warm-up's export, or its model.name_or_path."""
-    if run_config.get("warmup_run"):
-        export = run_dir.parent / run_config["warmup_run"] / "hf"
-        if not (export / "config.json").is_file():
-            raise EvalError(f"run {run_dir} started from warm-up {export}, which is missing, so its checkpoint cannot be rebuilt")
-        return str(export)
-    return resolve_model_path(_model_config_of(run_config))
-
-
-def _model_config_of(run_config: dict) -> ModelConfig:
-    model = dict(run_config["model"])
-    model["embedded"] = EmbeddedModelConfig(**model.get("embedded", {}))
-    model["lora"] = LoraConfig(**model.get("lora", {}))  # runs from before LoRA have none
-    return ModelConfig(**model)
-
-
-def _adapter_base(folder: Path) -> str:
-    """The base model a peft adapter export names."""
-    base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base:
-        raise EvalError(f"{folder} holds LoRA adapters but its adapter_config.json names no base model")
-    return base
-
-
-def _load_checkpoint_weights(policy: Policy, ckpt: Path) -> None:
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    except Exception as error:  # truncated file, not a checkpoint, pickled code: all unreadable
-        reason = first_line(error)
-        raise EvalError(f"{ckpt} is not a readable Lightning checkpoint ({reason[:120]})") from None
-    prefix = "policy.lm."
-    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    missing, unexpected = policy.lm.load_state_dict(weights, strict=False)
-    # Tied output embeddings are saved once; anything else missing means another model.
-    missing = [k for k in missing if not (k.endswith("lm_head.weight") and policy.lm.config.tie_word_embeddings)]
-    if missing or unexpected or not weights:
-        raise EvalError(f"{ckpt} holds weights of a different model than its run's config.yaml describes ({len(missing)} missing, {len(unexpected)} unexpected)")
-
-
-def load_model(source: str, dtype: str = "float32", trust_remote_code: bool = False) -> LoadedModel:
-    """A Lightning checkpoint (``.ckpt``), a run folder, a Hugging Face folder, a LoRA adapter
-    export or a hub id. LoRA adapters are merged into the base weights for inference."""
-    path = Path(source)
-    model_config = ModelConfig(dtype=dtype, trust_remote_code=trust_remote_code)
-    run_dir = _run_folder_of(path) if path.exists() else None
-    run_config = yaml.safe_load((run_dir / "config.yaml").read_text()) if run_dir else None
-    if path.is_file() and path.suffix != ".ckpt":
-        raise EvalError(f"{source} is a file but not a .ckpt checkpoint; give a checkpoint, a run folder, a Hugging Face folder or a hub id")
-    checkpoint, adapter = None, None
-    if path.suffix == ".ckpt":
-        if not path.is_file():
-            raise EvalError(f"checkpoint {source} does not exist")
-        if run_config is None:
-            raise EvalError(f"checkpoint {source} is not inside a run folder (runs/<name>/checkpoints/), whose config.yaml says which model it holds")
-        checkpoint, weights_from = path, _base_model_path(run_dir, run_config)
-        model_config.lora = _model_config_of(run_config).lora  # the checkpoint holds the run's adapters
-    elif run_dir is not None and path == run_dir:
-        if (run_dir / "hf" / "config.json").is_file():
-            weights_from = str(run_dir / "hf")
-        elif (run_dir / "hf" / "adapter_config.json").is_file():
-            adapter, weights_from = run_dir / "hf", _base_model_path(run_dir, run_config)
-        elif (run_dir / "checkpoints" / "last.ckpt").is_file():
-            checkpoint, weights_from = run_dir / "checkpoints" / "last.ckpt", _base_model_path(run_dir, run_config)
-        else:
-            raise EvalError(f"run {run_dir} has neither an hf/ export nor checkpoints/last.ckpt")
-    elif (path / "adapter_config.json").is_file():
-        adapter = path
-        weights_from = _base_model_path(run_dir, run_config) if run_config else _adapter_base(path)
-    elif path.is_dir() and not (path / "config.json").is_file():
-        raise EvalError(f"{source} is a folder with neither a config.json (Hugging Face) nor a config.yaml (run)")
-    elif source == "embedded":
-        weights_from = resolve_model_path(model_config)
-    else:
-        weights_from = source
-    try:
-        tokenizer = load_tokenizer(weights_from, trust_remote_code)
-        policy = Policy.from_pretrained(weights_from, model_config)
-        if adapter is not None:
-            import peft
-
-            policy.lm = peft.PeftModel.from_pretrained(policy.lm, str(adapter))
-    except EvalError:
-        raise
-    except Exception as error:  # no such hub id, no network, broken folder
-        reason = first_line(error)
-        raise EvalError(f"cannot load a model from {source} ({reason[:160]})") from None
-    if checkpoint is not None:
-        _load_checkpoint_weights(policy, checkpoint)
-    policy.merge_adapters()
-    policy.eval().requires_grad_(False)
-    name = run_dir.name if run_dir is not None else Path(source).name
-    return LoadedModel(policy, tokenizer, str(checkpoint or adapter or weights_from), run_config, name)
-
-
-def settings_for(model: LoadedModel, settings: EvalSettings, explicit: set[str]) -> EvalSettings:
-    """A run's own generation budget, prompt style and generator knobs, unless given explicitly."""
-    run = model.run_config
-    if run is None:
-        return settings
-    defaults = {
-        "max_new_tokens": run["trainer"]["max_new_tokens"],
-        "prompt_style": run["data"]["prompt_style"],
-        "synthetic": run["data"]["synthetic"],
-    }
-    return EvalSettings(**{**asdict(settings), **{k: v for k, v in defaults.items() if k not in explicit}})
-
-
-# ---- data -------------------------------------------------------------------------------
-def load_questions(settings: EvalSettings) -> list[Record]:
-    if settings.data == "synthetic":
-        split = {"validation": "val"}.get(settings.split, settings.split)
-        splits = generate_splits(SyntheticConfig(**_synthetic_knobs(settings.synthetic)))
-        if split not in splits:
-            raise EvalError(f"the embedded data has splits train, val and test, not {settings.split!r}")
-        records = splits[split]
-    else:
-        try:
-            records = load_records(settings.data, split=settings.split, hub_config=settings.hub_config, fmt=settings.format, limit=settings.limit)
-        except DataError as error:
-            raise EvalError(str(error)) from None
-    return records[: settings.limit] if settings.limit else records
-
-
-def _synthetic_knobs(knobs: dict) -> dict:
-    knobs = dict(knobs)
-    if "operations" in knobs:
-        knobs["operations"] = tuple(knobs["operations"])
-    return knobs
-
-
-# ---- generation and scoring ----------------------------------------------------------------
 @dataclass
 class Responses:
-    """Responses to every question (``n`` per question, question-major) and their scores."""
+    """Responses to a batch of questions, ``max(n, 1)`` per question, question-major."""
 
     texts: list[str]
-    lengths: torch.Tensor  # [Q * n] tokens, EOS included
-    seq_confidence: torch.Tensor  # [Q * n] exp(sum of token log-probs)
-    token_confidence: torch.Tensor  # [Q * n] mean top-token probability
-
-
-def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row) :] = 1
-    return ids.to(device), mask.to(device)
+    lengths: torch.Tensor
+    """[Q * n] tokens, EOS included."""
+    seq_confidence: torch.Tensor | None = None
+    """[Q * n] exp(s), s the summed token log-probs at the sampling temperature (with ``confidence``)."""
+    token_confidence: torch.Tensor | None = None
+    """[Q * n] mean top-token probability (with ``confidence``)."""
 
 
 @torch.no_grad()
 def respond(
-    model: LoadedModel, prompts: list[list[int]], n: int, settings: EvalSettings, batch_size: int, label: str
+    policy,
+    tokenizer,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    max_new_tokens: int,
+    n: int = 0,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    sampler: str = "static_cache",
+    max_rows: int | None = None,
+    confidence: bool = False,
 ) -> Responses:
-    """Greedy responses (``n = 0``) or ``n`` sampled responses per prompt, with confidence.
-
-    Prompts are batched by length (less padding) and the results put back in order. Sampled
-    batches are seeded by (seed, batch), so the same command draws the same responses.
-    """
-    policy, tokenizer = model.policy, model.tokenizer
-    device = next(policy.parameters()).device
+    """Greedy responses (``n = 0``) or ``n`` samples per prompt drawn under ``seed``, generated
+    at most ``max_rows`` sequences at a time (whole questions), and with ``confidence`` the
+    model's confidence in each response (one more forward pass)."""
     per_prompt = max(n, 1)
-    questions_per_call = max(1, batch_size // per_prompt)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    texts: list[str] = [""] * (len(prompts) * per_prompt)
-    lengths, seq_conf, tok_conf = (torch.zeros(len(texts)) for _ in range(3))
-    temperature = settings.temperature if n else 1.0
-    calls = range(0, len(order), questions_per_call)
-    for call, start in enumerate(tqdm(calls, desc=label, unit="batch", file=sys.stderr, dynamic_ncols=True)):
-        chosen = order[start : start + questions_per_call]
-        prompt_ids, prompt_mask = _left_pad([prompts[i] for i in chosen], tokenizer.pad_token_id, device)
-        prompt_ids, prompt_mask = prompt_ids.repeat_interleave(per_prompt, 0), prompt_mask.repeat_interleave(per_prompt, 0)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(settings.seed * 1_000_003 + call)
-            responses, mask = generate(
-                policy.lm, prompt_ids, prompt_mask, tokenizer, settings.max_new_tokens,
-                do_sample=n > 0, temperature=temperature, top_p=settings.top_p, sampler=model.sampler,
+    prompt_ids, prompt_mask = prompt_ids.repeat_interleave(per_prompt, 0), prompt_mask.repeat_interleave(per_prompt, 0)
+    rows = prompt_ids.size(0)
+    chunk = rows if max_rows is None else max(per_prompt, max_rows // per_prompt * per_prompt)
+    temperature = temperature if n else 1.0
+    texts, lengths, seq_conf, tok_conf = [], [], [], []
+    with seeded(seed, prompt_ids.device):
+        for start in range(0, rows, chunk):
+            ids, mask = prompt_ids[start : start + chunk], prompt_mask[start : start + chunk]
+            responses, response_mask = generate(
+                policy.lm, ids, mask, tokenizer, max_new_tokens, do_sample=n > 0, temperature=temperature, top_p=top_p, sampler=sampler,
             )
-        logits, _ = response_logits(policy, torch.cat([prompt_ids, responses], 1), torch.cat([prompt_mask, mask], 1), responses.size(1))
-        rows = torch.tensor([i * per_prompt + j for i in chosen for j in range(per_prompt)])
-        for row, text in zip(rows.tolist(), decode(tokenizer, responses, mask)):
-            texts[row] = text
-        lengths[rows] = mask.sum(-1).float().cpu()
-        seq_conf[rows] = sequence_logp(logits, responses, mask, temperature).exp().cpu()
-        tok_conf[rows] = token_confidence(logits.float() / temperature, mask).cpu()
-    return Responses(texts, lengths, seq_conf, tok_conf)
+            texts += decode(tokenizer, responses, response_mask)
+            lengths.append(response_mask.sum(-1).float().cpu())
+            if confidence:
+                logits, _ = response_logits(policy, torch.cat([ids, responses], 1), torch.cat([mask, response_mask], 1), responses.size(1))
+                seq_conf.append(sequence_logp(logits, responses, response_mask, temperature).exp().cpu())
+                tok_conf.append(token_confidence(logits.float() / temperature, response_mask).cpu())
+    return Responses(texts, torch.cat(lengths), torch.cat(seq_conf) if confidence else None, torch.cat(tok_conf) if confidence else None)
+
+
+@dataclass
+class Graded:
+    """Answers read off ``n`` responses to each of Q questions, and whether they are right."""
+
+    predictions: list[float | None]
+    """[Q * n] extracted answers, None where none could be read."""
+    correct: torch.Tensor
+    """[Q, n] bool."""
+    parsed: torch.Tensor
+    """[Q, n] bool, whether an answer could be read."""
+    majority: torch.Tensor
+    """[Q] bool, whether the question's most common answer is right (maj@n)."""
+
+    def pass_at(self, k: int) -> torch.Tensor:
+        """[Q] the unbiased chance that at least one of k of the n responses is right (pass@k)."""
+        n = self.correct.size(1)
+        return torch.tensor([pass_at_k(n, int(c), k) for c in self.correct.sum(-1)], dtype=torch.float)
+
+
+def grade(texts: list[str], gold: list[float], n: int = 0) -> Graded:
+    """Read and check ``max(n, 1)`` responses per question against each question's ``gold`` answer."""
+    per_prompt = max(n, 1)
+    predictions = [extract_answer(text) for text in texts]
+    correct = torch.tensor([is_correct(p, float(gold[i // per_prompt])) for i, p in enumerate(predictions)], dtype=torch.bool)
+    parsed = torch.tensor([p is not None for p in predictions], dtype=torch.bool)
+    majority = torch.tensor(
+        [majority_correct(predictions[q * per_prompt : (q + 1) * per_prompt], float(g)) for q, g in enumerate(gold)], dtype=torch.bool
+    )
+    return Graded(predictions, correct.view(-1, per_prompt), parsed.view(-1, per_prompt), majority)
 
 
 def pass_at_ks(n: int) -> list[int]:
     """The k reported for n samples: 1, 2, 4, ... and n itself."""
-    ks = [2**i for i in range(int(math.log2(n)) + 1)]
+    ks = [2**i for i in range(n.bit_length()) if 2**i <= n]
     return ks if ks[-1] == n else ks + [n]
-
-
-def summarise(responses: Responses, records: list[Record], n: int) -> tuple[dict[str, float], list[dict]]:
-    """Metrics of greedy (``n = 0``) or sampled responses, and per-question details."""
-    per_prompt = max(n, 1)
-    predictions = [extract_answer(t) for t in responses.texts]
-    correct = [is_correct(p, r.answer) for p, r in zip(predictions, (r for r in records for _ in range(per_prompt)))]
-    prefix = "sampled/" if n else ""
-    metrics = {
-        f"{prefix}parse_rate": sum(p is not None for p in predictions) / len(predictions),
-        f"{prefix}response_length": responses.lengths.mean().item(),
-        f"{prefix}seq_confidence": responses.seq_confidence.mean().item(),
-        f"{prefix}token_confidence": responses.token_confidence.mean().item(),
-    }
-    details = []
-    for q, record in enumerate(records):
-        span = slice(q * per_prompt, (q + 1) * per_prompt)
-        details.append({"uid": record.uid, "gold": record.answer, "responses": responses.texts[span],
-                        "answers": predictions[span], "correct": correct[span]})
-    if not n:
-        return {"accuracy": sum(correct) / len(correct), **metrics}, details
-    counts = [sum(d["correct"]) for d in details]
-    for k in pass_at_ks(n):
-        metrics[f"sampled/pass@{k}"] = sum(pass_at_k(n, c, k) for c in counts) / len(counts)
-    metrics[f"sampled/maj@{n}"] = sum(majority_correct(d["answers"], d["gold"]) for d in details) / len(details)
-    return metrics, details
-
-
-def evaluate(model: LoadedModel, settings: EvalSettings, batch_size: int = 64) -> dict[str, Any]:
-    """Evaluate ``model``; returns the result record (see :data:`SCHEMA`)."""
-    settings.validate()
-    started = time.perf_counter()
-    records = load_questions(settings)
-    tokenizer = model.tokenizer
-    texts = [format_prompt(r.question, tokenizer, settings.prompt_style) for r in records]
-    prompts = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    context = getattr(model.policy.lm.config, "max_position_embeddings", None) or 10**9
-    room = context - settings.max_new_tokens
-    if room < 1:
-        raise EvalError(f"--max_new_tokens {settings.max_new_tokens} leaves no room for a prompt in the model's context of {context} tokens")
-    truncated = sum(len(p) > room for p in prompts)
-    if truncated:
-        print(f"warning: {truncated} of {len(prompts)} prompts are longer than the model's context ({context}) minus "
-              f"--max_new_tokens ({settings.max_new_tokens}); their beginnings were cut", file=sys.stderr)
-    prompts = [p[-room:] for p in prompts]
-    greedy, details = summarise(respond(model, prompts, 0, settings, batch_size, f"{model.name} greedy"), records, 0)
-    metrics = {"questions": len(records), **greedy}
-    if settings.samples:
-        sampled, sampled_details = summarise(respond(model, prompts, settings.samples, settings, batch_size, f"{model.name} x{settings.samples}"), records, settings.samples)
-        metrics |= sampled
-        for d, s in zip(details, sampled_details):
-            d["samples"], d["sample_answers"], d["sample_correct"] = s["responses"], s["answers"], s["correct"]
-    metrics["prompts_truncated"] = truncated
-    return {
-        "schema": SCHEMA,
-        "model": model.description,
-        "settings": asdict(settings),
-        "metrics": metrics,
-        "seconds": round(time.perf_counter() - started, 2),
-        "details": details,
-    }
-
-
-# ---- comparison ----------------------------------------------------------------------------
-def compare(result: dict, baseline: dict) -> dict[str, float]:
-    """The run minus the baseline on every shared metric, and the seeds' efficiency gain:
-    ``1 - response_length(run) / response_length(baseline)`` (positive: the run is shorter)."""
-    if result["settings"] != baseline["settings"]:
-        differing = sorted(k for k in result["settings"] if result["settings"][k] != baseline["settings"].get(k))
-        raise EvalError(f"the baseline was evaluated with different settings ({', '.join(differing)}), so the two cannot be compared")
-    ours, theirs = result["metrics"], baseline["metrics"]
-    out = {f"{k}_difference": ours[k] - theirs[k] for k in ours if k in theirs and k not in ("questions", "prompts_truncated")}
-    out["efficiency_gain"] = 1.0 - ours["response_length"] / theirs["response_length"] if theirs["response_length"] else 0.0
-    return out
-
-
-def read_result(path: str | Path) -> dict:
-    try:
-        result = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise EvalError(f"{path} is not a readable evaluation result ({type(error).__name__}: {error})") from None
-    if not isinstance(result, dict) or result.get("schema") != SCHEMA:
-        raise EvalError(f"{path} is not an evaluation result of this version (no schema {SCHEMA!r})")
-    return result
-
-
-def write_result(result: dict, path: str | Path) -> None:
-    """Written beside the target, then renamed: an interrupted write never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(path.name + ".tmp")
-    staging.write_text(json.dumps(result, indent=1) + "\n")
-    staging.replace(path)
-
-
-def format_table(result: dict, baseline: dict | None = None) -> str:
-    """The metrics as a plain-text table (run, and baseline and difference if given)."""
-    metrics = result["metrics"]
-    header = ["metric", "run"] + (["baseline", "difference"] if baseline else [])
-    rows = [header]
-    for key, value in metrics.items():
-        row = [key, _fmt(key, value)]
-        if baseline:
-            other = baseline["metrics"].get(key)
-            row += [_fmt(key, other), _fmt(key, value - other, signed=True) if other is not None and key != "questions" else ""]
-        rows.append(row)
-    if baseline:
-        gain = compare(result, baseline)["efficiency_gain"]
-        rows.append(["efficiency_gain", "", "", f"{100 * gain:+.1f}%"])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
-
-
-def _fmt(key: str, value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    if key in ("questions", "prompts_truncated"):
-        return f"{value:+d}" if signed else str(int(value))
-    if key.endswith("response_length"):
-        return f"{value:+.1f}" if signed else f"{value:.1f}"
-    if key.endswith("confidence"):
-        return f"{value:+.4f}" if signed else f"{value:.4f}"
-    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}%"
-
-
-# ---- command line ----------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="evaluate.py",
-        description="Evaluate a model on math word problems: greedy pass@1, and with --samples n also pass@k, maj@n and confidence.",
-    )
-    parser.add_argument("model", help="a run folder, a checkpoint (.ckpt) inside one, a Hugging Face folder (or LoRA adapter export), a hub id, or 'embedded'")
-    defaults = EvalSettings()
-    for name, value in asdict(defaults).items():
-        if name == "synthetic":
-            continue
-        kind = type(value) if value is not None else str
-        if name == "limit":
-            kind = int
-        parser.add_argument(f"--{name}", type=kind, default=None, help=f"{_doc(name)} (default: {value})")
-    parser.add_argument("--baseline", help="another model (any form above) or an earlier result .json, evaluated alike and compared")
-    parser.add_argument("--batch_size", type=int, default=64, help="sequences per generation call (default: 64)")
-    parser.add_argument("--output", help="result .json (default: <run>/eval/<data>-<split>.json for a run, else eval/<model>_<data>-<split>.json)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="weight dtype (default: float32)")
-    parser.add_argument("--trust_remote_code", action="store_true", help="run model code shipped with a hub repository")
-    parser.add_argument("--sampler", default="static_cache", choices=SAMPLERS,
-                        help="static_cache, or hf_generate for a model whose code cannot use a static cache (default: static_cache)")
-    return parser
-
-
-def _doc(name: str) -> str:
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(EvalSettings))
-    body = tree.body[0].body
-    for node, doc in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and node.target.id == name and isinstance(doc, ast.Expr):
-            return doc.value.value.rstrip(".")
-    return name
-
-
-def default_output(model: LoadedModel, source: str, settings: EvalSettings) -> Path:
-    tag = f"{Path(settings.data).stem if settings.data != 'synthetic' else 'synthetic'}-{settings.split}".replace("/", "_")
-    run_dir = _run_folder_of(Path(source)) if Path(source).exists() else None
-    if run_dir is not None:
-        return run_dir / "eval" / f"{tag}.json"
-    return Path("eval") / f"{Path(source).name.replace('/', '_')}_{tag}.json"
-
-
-def main(argv: list[str] | None = None) -> int:
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    args = build_parser().parse_args(argv)
-    given = {k for k in asdict(EvalSettings()) if getattr(args, k, None) is not None}
-    try:
-        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
-        base = EvalSettings(**{k: getattr(args, k) for k in given})
-        base.validate()
-
-        def load(source: str) -> LoadedModel:
-            loaded = load_model(source, args.dtype, args.trust_remote_code)
-            loaded.policy.to(device)
-            loaded.sampler = args.sampler
-            return loaded
-
-        model = load(args.model)
-        settings = settings_for(model, base, given)
-        result = evaluate(model, settings, args.batch_size)
-        baseline = None
-        if args.baseline:
-            if args.baseline.endswith(".json"):
-                baseline = read_result(args.baseline)
-            else:
-                baseline = evaluate(load(args.baseline), settings, args.batch_size)
-            result["baseline"] = {k: baseline[k] for k in ("model", "metrics")}
-            result["comparison"] = compare(result, baseline)
-        output = Path(args.output) if args.output else default_output(model, args.model, settings)
-        write_result(result, output)
-    except (EvalError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(format_table(result, baseline))
-    print(f"Written to {output}")
-    return 0

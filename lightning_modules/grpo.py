@@ -1,4 +1,4 @@
-"""GRPO (spec section 5): group-normalised advantages, clipped ratio, optional k3 KL.
+"""GRPO (docs/METHODS.md section 5): group-normalised advantages, clipped ratio, optional k3 KL.
 
 With ``reward: majority`` it is label-free (TTRL-style): the training batches carry no
 answers and each sample is rewarded for agreeing with its group's majority answer.
@@ -16,11 +16,11 @@ from lightning_modules.losses import (
     clipped_surrogate,
     grpo_advantages,
     kl_k3,
-    majority_agreement,
     masked_mean,
-    rule_reward,
 )
-from lightning_modules.rl_base import RLConfig, RLModule, Rollout
+from lightning_modules.rewards import MajorityVoteReward, RuleReward
+from lightning_modules.rl_base import RLConfig, RLModule
+from lightning_modules.rollout import Rollout, Rows
 
 
 @dataclass
@@ -40,7 +40,7 @@ class GRPOConfig(RLConfig):
     loss_aggregation: str = "grpo"
     """grpo (mean of sequence means), dr_grpo (sum / (B * max_new_tokens)) or dapo (sum / response tokens)."""
     reward: str = "rule"
-    """rule (1 / 0.1 / 0 against the gold answer) or majority (label-free: 1 if the sample agrees with its group's majority answer, TTRL)."""
+    """rule (1 / 0.1 / 0 against the gold answer), majority (label-free: 1 if the sample agrees with its group's majority answer, TTRL) or package.module:function."""
 
     def validate(self) -> None:
         super().validate()
@@ -49,12 +49,24 @@ class GRPOConfig(RLConfig):
         require(self.kl_coef >= 0, f"algo.kl_coef must be >= 0, got {self.kl_coef}")
         require(self.scale in ("group", "none"), f"algo.scale must be group or none, got {self.scale!r}")
         require(self.loss_aggregation in ("grpo", "dr_grpo", "dapo"), f"algo.loss_aggregation must be grpo, dr_grpo or dapo, got {self.loss_aggregation!r}")
-        require(self.reward in ("rule", "majority"), f"algo.reward must be rule or majority, got {self.reward!r}")
+
+
+@dataclass
+class GRPOScores(Rows):
+    """What GRPO's scoring pass computed, one row per response."""
+
+    advantages: torch.Tensor
+    """[N] the group-normalised advantage of each response (the same for all its tokens)."""
+    logp_old: torch.Tensor | None = None
+    """[N, T] log-probs at sampling time; None with one update per rollout, whose own (detached) log-probs are the old ones."""
+    logp_ref: torch.Tensor | None = None
+    """[N, T] the reference policy's log-probs; None without a KL term."""
 
 
 class GRPOModule(RLModule):
     name = "grpo"
     Config = GRPOConfig
+    rewards_offered = ("rule", "majority")
 
     @classmethod
     def batch_kind(cls, config) -> str:
@@ -64,46 +76,38 @@ class GRPOModule(RLModule):
     def uses_reference(self) -> bool:
         return self.config.algo.kl_coef > 0
 
-    def score(self, rollout: Rollout) -> None:
-        response_ids = rollout["response_ids"]
-        logits = None
+    def named_reward(self, name: str):
+        return MajorityVoteReward() if name == "majority" else RuleReward()
+
+    def score(self, rollout: Rollout) -> tuple[GRPOScores, dict[str, torch.Tensor]]:
+        logits, logp_old, logp_ref = None, None, None
         if not self.single_update:
-            logits, _ = self.response_forward(self.policy, rollout["input_ids"], rollout["attention_mask"], response_ids.size(1))
-            rollout["logp_old"] = self.logprobs(logits, response_ids)
-        self.rollout_metrics(rollout, logits)
+            logits, _ = self.forward_responses(self.policy, rollout)
+            logp_old = self.logprobs(logits, rollout.response_ids)
+        metrics = self.rollout_metrics(rollout, logits)
         if self.uses_reference:
-            logits_ref = self.reference_logits(rollout["input_ids"], rollout["attention_mask"], response_ids.size(1))
-            rollout["logp_ref"] = self.logprobs(logits_ref, response_ids)
-        group = self.algo.samples_per_prompt
-        rewards = self.sequence_rewards(rollout).view(-1, group)
-        rollout["advantages"] = grpo_advantages(rewards, self.algo.scale).view(-1)
-        rollout.metrics["reward"] = rewards.mean()
-        rollout.metrics["frac_reward_zero_std"] = (rewards.std(dim=-1) == 0).float().mean() if group > 1 else torch.ones(())
+            logp_ref = self.logprobs(self.reference_logits(rollout), rollout.response_ids)
+        rewards = self.rewards(rollout)
+        grouped = rewards.values.view(-1, rollout.group)
+        metrics |= rewards.metrics
+        metrics["reward"] = grouped.mean()
+        metrics["frac_reward_zero_std"] = (grouped.std(dim=-1) == 0).float().mean() if rollout.group > 1 else torch.ones(())
+        return GRPOScores(grpo_advantages(grouped, self.algo.scale).view(-1), logp_old, logp_ref), metrics
 
-    def sequence_rewards(self, rollout: Rollout) -> torch.Tensor:
-        predictions = rollout.predictions
-        if self.algo.reward == "rule":
-            rewards = [rule_reward(p, g) for p, g in zip(predictions, rollout["answer"].tolist())]
-        else:
-            agrees, shares = majority_agreement(predictions, self.algo.samples_per_prompt)
-            rewards = [float(a) for a in agrees]
-            rollout.metrics["majority_share"] = torch.tensor(shares).mean()
-        return torch.tensor(rewards, device=self.device)
-
-    def loss(self, minibatch: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        response_ids, mask = minibatch["response_ids"], minibatch["response_mask"]
-        logits, _ = self.response_forward(self.policy, minibatch["input_ids"], minibatch["attention_mask"], response_ids.size(1))
-        logp = self.logprobs(logits, response_ids)
+    def loss(self, rollout: Rollout, scores: GRPOScores) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        mask = rollout.response_mask
+        logits, _ = self.forward_responses(self.policy, rollout)
+        logp = self.logprobs(logits, rollout.response_ids)
         metrics = {}
         if self.single_update:  # the rollout was not scored: its log-probs and entropy are this pass's
             logp_old = logp.detach()
             metrics["entropy"] = self.entropy(logits, mask)
         else:
-            logp_old = minibatch["logp_old"]
-        per_token, clipped = clipped_surrogate(logp, logp_old, minibatch["advantages"][:, None], self.algo.clip_eps)
+            logp_old = scores.logp_old
+        per_token, clipped = clipped_surrogate(logp, logp_old, scores.advantages[:, None], self.algo.clip_eps)
         metrics["clip_frac"] = masked_mean(clipped.float(), mask).detach()
         if self.uses_reference:
-            kl = kl_k3(logp, minibatch["logp_ref"])
+            kl = kl_k3(logp, scores.logp_ref)
             per_token = per_token + self.algo.kl_coef * kl
             metrics["kl"] = masked_mean(kl, mask).detach()
         loss = aggregate_loss(per_token, mask, self.algo.loss_aggregation, self.config.trainer.max_new_tokens)

@@ -1,4 +1,4 @@
-"""PPO with a value head (spec section 2), the ReFT baseline."""
+"""PPO with a value head, the ReFT baseline (docs/METHODS.md section 2)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from lightning_modules.losses import (
     masked_mean,
     ppo_policy_loss,
     ppo_value_loss,
-    rule_reward,
     whiten,
 )
-from lightning_modules.rl_base import RLConfig, RLModule, Rollout
+from lightning_modules.rewards import RuleReward
+from lightning_modules.rl_base import RLConfig, RLModule
+from lightning_modules.rollout import Rewards, Rollout, Rows
 
 
 @dataclass
@@ -52,6 +53,22 @@ class PPOConfig(RLConfig):
         require(self.vf_coef >= 0, f"algo.vf_coef must be >= 0, got {self.vf_coef}")
 
 
+@dataclass
+class PPOScores(Rows):
+    """What PPO's scoring pass computed, one row per response."""
+
+    logp_old: torch.Tensor
+    """[N, T] log-probs of the sampled tokens under the policy that sampled them."""
+    values_old: torch.Tensor
+    """[N, T] the critic's values at sampling time."""
+    advantages: torch.Tensor
+    """[N, T] GAE advantages (whitened if ``whiten_advantages``)."""
+    returns: torch.Tensor
+    """[N, T] the critic's targets, advantages + values_old."""
+    rewards: torch.Tensor
+    """[N] the reward part's sequence rewards."""
+
+
 class PPOModule(RLModule):
     name = "ppo"
     Config = PPOConfig
@@ -64,59 +81,57 @@ class PPOModule(RLModule):
     def build_heads(self) -> None:
         self.policy.heads[self.head_key] = build_head("value", self.policy.hidden_size)
 
+    def named_reward(self, name: str):
+        return RuleReward()
+
     def head(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(values [N, T], embeddings [N, T, d] | None)`` at the response positions."""
         values, embeddings = self.policy.heads[self.head_key](hidden)
         return values.float(), (embeddings.float() if embeddings is not None else None)
 
-    # ---- scoring (no gradient) --------------------------------------------------------------
-    def score(self, rollout: Rollout) -> None:
-        response_ids, mask = rollout["response_ids"], rollout["response_mask"]
-        logits, hidden = self.response_forward(self.policy, rollout["input_ids"], rollout["attention_mask"], response_ids.size(1), hidden=True)
-        rollout["logp_old"] = self.logprobs(logits, response_ids)
-        rollout["values_old"], embeddings = self.head(hidden)
-        self.rollout_metrics(rollout, logits)
-        self.annotate(rollout, embeddings)
+    def policy_pass(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """One forward pass of the policy and its head over the responses: ``(token log-probs [N, T],
+        values [N, T], embeddings [N, T, d] | None, logits [N, T, V])``."""
+        logits, hidden = self.forward_responses(self.policy, rollout, hidden=True)
+        values, embeddings = self.head(hidden)
+        return self.logprobs(logits, rollout.response_ids), values, embeddings, logits
 
-        rewards = self.sequence_rewards(rollout)
-        token_rewards = last_token_rewards(rewards, mask)
+    # ---- scoring (no gradient) --------------------------------------------------------------
+    def score(self, rollout: Rollout) -> tuple[PPOScores, dict[str, torch.Tensor]]:
+        logp_old, values_old, _, logits = self.policy_pass(rollout)
+        return self.ppo_scores(rollout, logits, logp_old, values_old, self.rewards(rollout))
+
+    def ppo_scores(
+        self, rollout: Rollout, logits: torch.Tensor, logp_old: torch.Tensor, values_old: torch.Tensor, rewards: Rewards
+    ) -> tuple[PPOScores, dict[str, torch.Tensor]]:
+        """ReFT's targets: the sequence reward on the last token minus ``kl_coef`` times the k1 KL
+        to the reference on every token, then GAE and (global-batch) whitening."""
+        mask = rollout.response_mask
+        metrics = {**self.rollout_metrics(rollout, logits), **rewards.metrics}
+        token_rewards = last_token_rewards(rewards.values, mask)
         if self.uses_reference:
-            logits_ref = self.reference_logits(rollout["input_ids"], rollout["attention_mask"], response_ids.size(1))
-            kl = kl_k1(rollout["logp_old"], self.logprobs(logits_ref, response_ids))
+            kl = kl_k1(logp_old, self.logprobs(self.reference_logits(rollout), rollout.response_ids))
             token_rewards = token_rewards - self.algo.kl_coef * kl * mask
-            rollout.metrics["kl"] = masked_mean(kl, mask)
-        advantages, returns = gae(token_rewards, rollout["values_old"], mask, self.algo.gamma, self.algo.lam)
+            metrics["kl"] = masked_mean(kl, mask)
+        advantages, returns = gae(token_rewards, values_old, mask, self.algo.gamma, self.algo.lam)
         if self.algo.whiten_advantages:
             advantages = whiten(advantages, mask, all_reduce=all_reduce_sum)
-        rollout["advantages"], rollout["returns"], rollout["rewards"] = advantages, returns, rewards
-        rollout.metrics["reward"] = rewards.mean()
-        rollout.metrics["explained_variance"] = explained_variance(rollout["values_old"], returns, mask)
-
-    def annotate(self, rollout: Rollout, embeddings: torch.Tensor | None) -> None:
-        """Hook for what a subclass computes from the scoring pass (CARFT's representations)."""
-
-    def sequence_rewards(self, rollout: Rollout) -> torch.Tensor:
-        """Rule reward per response (1 / 0.1 / 0, spec section 0)."""
-        gold = rollout["answer"].tolist()
-        return torch.tensor([rule_reward(p, g) for p, g in zip(rollout.predictions, gold)], device=self.device)
+        metrics["reward"] = rewards.values.mean()
+        metrics["explained_variance"] = explained_variance(values_old, returns, mask)
+        return PPOScores(logp_old, values_old, advantages, returns, rewards.values), metrics
 
     # ---- loss (with gradient) -----------------------------------------------------------------
-    def loss(self, minibatch: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        response_ids = minibatch["response_ids"]
-        logits, hidden = self.response_forward(self.policy, minibatch["input_ids"], minibatch["attention_mask"], response_ids.size(1), hidden=True)
-        logp = self.logprobs(logits, response_ids)
-        values, embeddings = self.head(hidden)
-        loss, metrics = self.rl_loss(minibatch, logp, values)
-        extra, extra_metrics = self.extra_loss(minibatch, values, embeddings)
-        return loss + extra, {**metrics, **extra_metrics}
-
-    def rl_loss(self, minibatch: Rollout, logp: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        mask = minibatch["response_mask"]
-        policy_loss, clip_frac = ppo_policy_loss(logp, minibatch["logp_old"], minibatch["advantages"], mask, self.algo.clip_eps)
-        value_loss = ppo_value_loss(values, minibatch["values_old"], minibatch["returns"], mask, self.algo.value_clip)
-        metrics = {"policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(), "clip_frac": clip_frac}
+    def loss(self, rollout: Rollout, scores: PPOScores) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logp, values, _, _ = self.policy_pass(rollout)
+        policy_loss, value_loss, metrics = self.ppo_terms(rollout, scores, logp, values)
         return policy_loss + self.algo.vf_coef * value_loss, metrics
 
-    def extra_loss(self, minibatch: Rollout, values: torch.Tensor, embeddings: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Hook for terms a subclass adds to the PPO loss (CARFT's contrastive loss)."""
-        return values.new_zeros(()), {}
+    def ppo_terms(
+        self, rollout: Rollout, scores: PPOScores, logp: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The clipped policy loss and the clipped value loss, and their metrics."""
+        mask = rollout.response_mask
+        policy_loss, clip_frac = ppo_policy_loss(logp, scores.logp_old, scores.advantages, mask, self.algo.clip_eps)
+        value_loss = ppo_value_loss(values, scores.values_old, scores.returns, mask, self.algo.value_clip)
+        metrics = {"policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(), "clip_frac": clip_frac}
+        return policy_loss, value_loss, metrics

@@ -2,9 +2,18 @@
 
 One training step of an RL method is one rollout batch followed by ``ppo_epochs x
 minibatches`` optimizer updates; ``trainer.max_steps``, validation, checkpoints, the
-learning-rate schedule and the TensorBoard x-axis all count rollouts. A method says only
-what differs: which heads it adds (:meth:`build_heads`), how a rollout is scored
-(:meth:`score`, under no gradient) and the loss of a minibatch (:meth:`loss`).
+learning-rate schedule and the TensorBoard x-axis all count rollouts. The step, in order:
+
+1. :meth:`RLModule.rollout` samples responses and reads their answers (a typed
+   :class:`~lightning_modules.rollout.Rollout`);
+2. :meth:`score` (the method's, no gradient) returns its own record of what the loss needs
+   (old log-probs, values, advantages, ...) and the rollout's metrics;
+3. :meth:`update` runs the fixed number of optimizer updates, each on
+   ``loss(rollout.select(rows), scores.select(rows))`` (the method's, with gradient);
+4. :meth:`log_step` averages the metrics over ranks and logs them.
+
+A method says only what differs: its heads (:meth:`build_heads`), its reward part
+(:meth:`build_reward`), :meth:`score` and :meth:`loss`.
 """
 
 from __future__ import annotations
@@ -12,20 +21,22 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import nn
 
+from datamodules.answers import extract_answer, is_correct
 from lightning_modules.base import ReasoningModule
 from lightning_modules.config import require
 from lightning_modules.distributed import all_reduce_mean
+from lightning_modules.generation import decode, generate, response_logits
 from lightning_modules.losses import entropy_from_logits, masked_mean, token_logprobs
 from lightning_modules.policy import Policy
-from datamodules.answers import extract_answer, is_correct
-from lightning_modules.rollout import decode, generate, response_logits
+from lightning_modules.rewards import check_reward_name, is_function_spec, load_function_reward
+from lightning_modules.rollout import Rewards, Rollout, Rows, Signals
 
 
 @dataclass
@@ -41,11 +52,13 @@ class RLConfig:
     top_p: float = 1.0
     """Nucleus sampling; 1.0 is off (ReFT)."""
     score_temperature: float | None = None
-    """Temperature of the log-probs used in the loss; null means the sampling temperature (spec section 0)."""
+    """Temperature of the log-probs used in the loss; null means the sampling temperature (docs/METHODS.md section 0)."""
     ppo_epochs: int = 2
     """Passes over each rollout batch (ReFT: 2)."""
     minibatches: int = 1
     """Optimizer updates per pass; the rollout's samples are split into this many parts."""
+    reward: str = "rule"
+    """Reward part: rule (1 / 0.1 / 0 against the gold answer, ReFT), another name the method offers, or a function of the rollout given as package.module:function."""
 
     def validate(self) -> None:
         require(self.samples_per_prompt >= 1, f"algo.samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
@@ -55,34 +68,6 @@ class RLConfig:
         require(self.score_temperature is None or self.score_temperature > 0, f"algo.score_temperature must be positive, got {self.score_temperature}")
         require(self.ppo_epochs >= 1, f"algo.ppo_epochs must be >= 1, got {self.ppo_epochs}")
         require(self.minibatches >= 1, f"algo.minibatches must be >= 1, got {self.minibatches}")
-
-
-@dataclass
-class Rollout:
-    """One rollout batch: every tensor has one row per sampled response.
-
-    ``input_ids``/``attention_mask`` are prompt (left-padded, ``prompt_length`` columns) then
-    response (right-padded); ``response_ids``/``response_mask`` are the response columns.
-    Methods add their own per-sample tensors (``logp_old``, ``advantages``, ...) to ``tensors``.
-    """
-
-    tensors: dict[str, torch.Tensor]
-    prompt_length: int
-    texts: list[str] = field(default_factory=list)
-    predictions: list[float | None] = field(default_factory=list)
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return self.tensors["input_ids"].size(0)
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return self.tensors[key]
-
-    def __setitem__(self, key: str, value: torch.Tensor) -> None:
-        self.tensors[key] = value
-
-    def select(self, rows: torch.Tensor) -> "Rollout":
-        return Rollout({k: v[rows] for k, v in self.tensors.items()}, self.prompt_length)
 
 
 @contextmanager
@@ -106,6 +91,8 @@ class RLModule(ReasoningModule):
     """Shown on the progress bar."""
     uses_reference: bool = False
     """Whether :meth:`score` needs the frozen reference policy (see :meth:`reference_logits`)."""
+    rewards_offered: tuple[str, ...] = ("rule",)
+    """The reward parts this method offers by name for ``algo.reward`` (besides package.module:function)."""
 
     def __init__(self, config, tokenizer, model_path: str) -> None:
         super().__init__(config, tokenizer, model_path)
@@ -113,9 +100,10 @@ class RLModule(ReasoningModule):
         self.step_timings: dict[str, float] = {}
         """The last step's seconds of generation, scoring and update, and its sample and token counts."""
         self.build_heads()
+        self.reward = self.build_reward()
         # Kept in a list so that it is not a submodule: no optimizer state, not in checkpoints,
-        # not wrapped by DDP. It is the starting policy (spec section 0), loaded again from disk;
-        # with LoRA the policy's own frozen base is the starting policy, and no copy is loaded.
+        # not wrapped by DDP. It is the starting policy (docs/METHODS.md section 0), loaded again
+        # from disk; with LoRA the policy's own frozen base is the starting policy, and no copy is loaded.
         self._reference: list[Policy] = []
         if self.uses_reference and not self.policy.has_adapters:
             reference = Policy.from_pretrained(model_path, config.model).eval().requires_grad_(False)
@@ -125,12 +113,26 @@ class RLModule(ReasoningModule):
     def build_heads(self) -> None:
         """Add heads to ``self.policy.heads`` (none by default)."""
 
-    def score(self, rollout: Rollout) -> None:
-        """Add what the loss needs to ``rollout`` (old log-probs, advantages, ...); no gradient."""
+    def build_reward(self):
+        """The reward part named by ``algo.reward``: one of :attr:`rewards_offered` (made by
+        :meth:`named_reward`) or a user's ``package.module:function``."""
+        spec = self.algo.reward
+        if is_function_spec(spec):
+            return load_function_reward(spec, uses_labels=self.batch_kind(self.config) != "unlabeled")
+        return self.named_reward(spec)
+
+    def named_reward(self, name: str):
+        """The part for one of :attr:`rewards_offered`."""
         raise NotImplementedError
 
-    def loss(self, minibatch: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The loss of one minibatch, with gradient, and metrics to average over the updates."""
+    def score(self, rollout: Rollout) -> tuple[Rows, dict[str, torch.Tensor]]:
+        """What the loss needs (old log-probs, advantages, ...) as the method's own record, and the
+        rollout's metrics; called under no gradient, in eval mode."""
+        raise NotImplementedError
+
+    def loss(self, rollout: Rollout, scores: Rows) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one minibatch (the same rows of the rollout and of its scores), with
+        gradient, and metrics to average over the updates."""
         raise NotImplementedError
 
     @classmethod
@@ -153,6 +155,7 @@ class RLModule(ReasoningModule):
             "RL methods sample and update several times inside one training step, which Lightning's FSDP wrapping does not "
             "support; use trainer.strategy ddp or deepspeed_stage_2 (FSDP is for SFT)",
         )
+        check_reward_name(config.algo.reward, cls.rewards_offered)
         group = cls.group_rows(config)
         rows = config.data.batch_size * config.algo.samples_per_prompt // group
         require(
@@ -188,7 +191,8 @@ class RLModule(ReasoningModule):
 
     @torch.no_grad()
     def rollout(self, batch: dict[str, torch.Tensor]) -> Rollout:
-        """Sample responses for every question of the batch (no gradient, eval mode)."""
+        """Sample ``samples_per_prompt`` responses for every question of the batch (no gradient,
+        eval mode) and read their answers; gold answers and annotations only if the batch has them."""
         n = self.algo.samples_per_prompt
         prompt_ids = batch["prompt_ids"].repeat_interleave(n, 0)
         prompt_mask = batch["prompt_mask"].repeat_interleave(n, 0)
@@ -197,45 +201,59 @@ class RLModule(ReasoningModule):
                 self.policy.lm, prompt_ids, prompt_mask, self.tokenizer, self.config.trainer.max_new_tokens, do_sample=True,
                 temperature=self.algo.temperature, top_k=self.algo.top_k, top_p=self.algo.top_p, sampler=self.config.trainer.sampler,
             )
-        sequences = torch.cat([prompt_ids, response_ids], dim=1)
-        tensors = {
-            "input_ids": sequences,
-            "attention_mask": torch.cat([prompt_mask, mask], dim=1),
-            "response_ids": response_ids,
-            "response_mask": mask,
-            "question": batch["index"].repeat_interleave(n, 0),
-        }
-        for key in ("answer", "target_ids", "target_mask"):
-            if key in batch:
-                tensors[key] = batch[key].repeat_interleave(n, 0)
-        rollout = Rollout(tensors, prompt_length=prompt_ids.size(1))
-        rollout.texts = decode(self.tokenizer, response_ids, mask)
-        rollout.predictions = [extract_answer(text) for text in rollout.texts]  # needs no label
-        if "answer" in batch:
-            gold = tensors["answer"].tolist()
-            rollout["correct"] = torch.tensor([is_correct(p, g) for p, g in zip(rollout.predictions, gold)], device=self.device)
-        return rollout
+        texts = decode(self.tokenizer, response_ids, mask)
+        predictions = [extract_answer(text) for text in texts]  # needs no label
+        labels = {key: batch[key].repeat_interleave(n, 0) for key in ("answer", "target_ids", "target_mask") if key in batch}
+        correct = None
+        if "answer" in labels:
+            gold = labels["answer"].tolist()
+            correct = torch.tensor([is_correct(p, g) for p, g in zip(predictions, gold)], device=self.device)
+        return Rollout(
+            input_ids=torch.cat([prompt_ids, response_ids], dim=1),
+            attention_mask=torch.cat([prompt_mask, mask], dim=1),
+            response_ids=response_ids,
+            response_mask=mask,
+            question=batch["index"].repeat_interleave(n, 0),
+            texts=texts,
+            predictions=predictions,
+            group=n,
+            correct=correct,
+            **labels,
+        )
 
-    def response_forward(
-        self, policy: Policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, hidden: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """See :func:`~lightning_modules.rollout.response_logits`."""
-        return response_logits(policy, input_ids, attention_mask, response_length, hidden)
+    def forward_responses(self, policy: Policy, rollout: Rollout, hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (and, if asked, hidden states) that score the rollout's response tokens; see
+        :func:`~lightning_modules.generation.response_logits`."""
+        return response_logits(policy, rollout.input_ids, rollout.attention_mask, rollout.response_ids.size(1), hidden)
+
+    def rewards(self, rollout: Rollout, signals: Signals | None = None) -> Rewards:
+        """The reward part's rewards for the rollout, given what scoring measured."""
+        return self.reward(rollout, signals or Signals())
 
     def entropy(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean per-token entropy of the scoring distribution over the response tokens."""
         return masked_mean(entropy_from_logits(logits.detach() / self.score_temperature), mask)
 
-    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int) -> torch.Tensor:
-        """Logits of the reference policy at the response positions (as :meth:`response_forward`):
-        the frozen copy, or with LoRA this policy with its adapters bypassed."""
+    def reference_logits(self, rollout: Rollout) -> torch.Tensor:
+        """Logits of the reference policy at the response positions: the frozen copy, or with
+        LoRA this policy with its adapters bypassed."""
         if self._reference:
-            return self.response_forward(self.reference, input_ids, attention_mask, response_length)[0]
+            return self.forward_responses(self.reference, rollout)[0]
         with torch.no_grad(), eval_mode(self.policy), self.policy.lm.disable_adapter():
-            return self.response_forward(self.policy, input_ids, attention_mask, response_length)[0]
+            return self.forward_responses(self.policy, rollout)[0]
 
     def logprobs(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return token_logprobs(logits, tokens, self.score_temperature)
+
+    def rollout_metrics(self, rollout: Rollout, logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Length, accuracy (labeled batches) and, given the rollout's logits, entropy of the sampled responses."""
+        mask = rollout.response_mask
+        metrics = {"response_length": mask.sum(-1).float().mean()}
+        if logits is not None:
+            metrics["entropy"] = self.entropy(logits, mask)
+        if rollout.correct is not None:
+            metrics["accuracy"] = rollout.correct.float().mean()
+        return metrics
 
     def clock(self) -> float:
         """Wall time after the device has finished its queued work (phase timings)."""
@@ -243,28 +261,47 @@ class RLModule(ReasoningModule):
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
+    # ---- the step -----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         started = self.clock()
         rollout = self.rollout(batch)
         generated = self.clock()
         with torch.no_grad(), eval_mode(self.policy):
-            self.score(rollout)
-        self.count_tokens(int(rollout["attention_mask"].sum()))
+            scores, rollout_metrics = self.score(rollout)
+        self.count_tokens(int(rollout.attention_mask.sum()))
         scored = self.clock()
+        update_metrics = self.update(rollout, scores)
+        updated = self.clock()
+        self.step_timings = {
+            "generate_s": generated - started,
+            "score_s": scored - generated,
+            "update_s": updated - scored,
+            "generated_tokens": int(rollout.response_mask.sum()),
+            "samples": len(rollout),
+        }
+        self.log_step({**rollout_metrics, **update_metrics}, len(rollout))
 
+    def minibatch_rows(self, rows: int, generator: torch.Generator) -> list[torch.Tensor]:
+        """One epoch's minibatches: row indices, whole groups of :attr:`minibatch_group` together,
+        shuffled when there is more than one minibatch."""
+        group = self.minibatch_group
+        groups = rows // group
+        order = torch.randperm(groups, generator=generator) if self.algo.minibatches > 1 else torch.arange(groups)
+        return list(torch.tensor_split((order[:, None] * group + torch.arange(group)).flatten(), self.algo.minibatches))
+
+    def update(self, rollout: Rollout, scores: Rows) -> dict[str, torch.Tensor]:
+        """``ppo_epochs x minibatches`` optimizer updates; the metrics averaged over those applied."""
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         updates = self.algo.ppo_epochs * self.algo.minibatches
         generator = torch.Generator().manual_seed(self.sampling_seed())
         # Every rank runs exactly `updates` optimizer steps: a data-dependent skip would leave
         # the other ranks waiting in the gradient all-reduce (DDP hangs).
-        done, applied, group = 0, 0, self.minibatch_group
+        done, applied = 0, 0
         for _ in range(self.algo.ppo_epochs):
-            groups = len(rollout) // group
-            order = torch.randperm(groups, generator=generator) if self.algo.minibatches > 1 else torch.arange(groups)
-            rows = (order[:, None] * group + torch.arange(group)).flatten()
-            for part in torch.tensor_split(rows, self.algo.minibatches):
-                loss, metrics = self.loss(rollout.select(part.to(self.device)))
+            for part in self.minibatch_rows(len(rollout), generator):
+                rows = part.to(self.device)
+                loss, metrics = self.loss(rollout.select(rows), scores.select(rows))
                 optimizer.zero_grad(set_to_none=True)
                 self.manual_backward(loss)
                 done += 1
@@ -280,21 +317,15 @@ class RLModule(ReasoningModule):
                 for key, value in metrics.items():
                     sums[key] = sums[key] + value.detach().float()
         scheduler.step()
-        updated = self.clock()
-        self.step_timings = {
-            "generate_s": generated - started,
-            "score_s": scored - generated,
-            "update_s": updated - scored,
-            "generated_tokens": int(rollout["response_mask"].sum()),
-            "samples": len(rollout),
-        }
-
         # Averages over the updates that were applied (every rank applied the same ones).
-        logged = {f"train/{k}": v for k, v in {**rollout.metrics, **{k: v / max(applied, 1) for k, v in sums.items()}}.items()}
+        return {k: v / max(applied, 1) for k, v in sums.items()}
+
+    def log_step(self, metrics: dict[str, torch.Tensor], samples: int) -> None:
+        logged = {f"train/{k}": v for k, v in metrics.items()}
         for key in ("generate_s", "score_s", "update_s"):
             logged[f"perf/{key}"] = torch.tensor(self.step_timings[key])
         self.log_metrics(logged)
-        self.log("train/lr", scheduler.get_last_lr()[0], batch_size=len(rollout))
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=samples)
 
     @property
     def engine_clips(self) -> bool:
@@ -317,13 +348,3 @@ class RLModule(ReasoningModule):
         values = all_reduce_mean(values).cpu()
         for key, value in zip(keys, values.tolist()):
             self.log(key, value, prog_bar=key in self.progress_metrics, batch_size=1)
-
-    # ---- metrics the field reports for every RL method -------------------------------------
-    def rollout_metrics(self, rollout: Rollout, logits: torch.Tensor | None) -> None:
-        """Length, accuracy and (given the rollout's logits) entropy of the sampled responses."""
-        mask = rollout["response_mask"]
-        rollout.metrics["response_length"] = mask.sum(-1).float().mean()
-        if logits is not None:
-            rollout.metrics["entropy"] = self.entropy(logits, mask)
-        if "correct" in rollout.tensors:
-            rollout.metrics["accuracy"] = rollout["correct"].float().mean()

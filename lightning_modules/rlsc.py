@@ -1,4 +1,4 @@
-"""RLSC (spec section 4): reinforcement learning via self-confidence, with no labels.
+"""RLSC (docs/METHODS.md section 4): reinforcement learning via self-confidence, with no labels.
 
 The training batches carry no answers (``unlabeled``): each question's K samples are scored by
 the policy itself. The default loss maximises the chance that two samples agree,
@@ -12,17 +12,19 @@ from dataclasses import dataclass
 
 import torch
 
+from datamodules.answers import majority_agreement
 from lightning_modules.config import require
 from lightning_modules.losses import (
     agreement_confidence,
     grpo_advantages,
-    majority_agreement,
     reinforce_loss,
     rlsc_loss,
     sequence_logp,
     token_confidence,
 )
-from lightning_modules.rl_base import RLConfig, RLModule, Rollout
+from lightning_modules.rewards import ConfidenceReward
+from lightning_modules.rl_base import RLConfig, RLModule
+from lightning_modules.rollout import Rollout, Rows, Signals
 
 
 @dataclass
@@ -46,7 +48,8 @@ class RLSCConfig(RLConfig):
     reward: str = "self_confidence"
     """self_confidence (the RLSC loss), confidence (the seed's trainer: reward = exp(s_k), normalised
     over the K samples, as a policy-gradient weight) or majority (exp(s_k) if the sample's answer
-    is its group's majority answer, else 0; label-free, TTRL-style)."""
+    is its group's majority answer, else 0; label-free, TTRL-style), or package.module:function (a
+    reward from the rollout, which carries no answers here, for the same policy gradient)."""
     format_bonus: float = 0.0
     """Seed option for the reward modes: + this if an answer can be extracted, - this if not (seed: alpha = 0.1)."""
     eval_samples: int | None = None
@@ -57,10 +60,6 @@ class RLSCConfig(RLConfig):
         require(self.alpha >= 0, f"algo.alpha must be >= 0, got {self.alpha}")
         require(self.weighting in ("paper", "normalized"), f"algo.weighting must be paper or normalized, got {self.weighting!r}")
         require(self.reduction in ("mean", "sum"), f"algo.reduction must be mean or sum, got {self.reduction!r}")
-        require(
-            self.reward in ("self_confidence", "confidence", "majority"),
-            f"algo.reward must be self_confidence, confidence or majority, got {self.reward!r}",
-        )
         require(self.format_bonus >= 0, f"algo.format_bonus must be >= 0, got {self.format_bonus}")
         require(
             self.reward == "self_confidence" or self.samples_per_prompt >= 2,
@@ -69,11 +68,18 @@ class RLSCConfig(RLConfig):
         require(self.eval_samples is None or self.eval_samples >= 0, f"algo.eval_samples must be >= 0, got {self.eval_samples}")
 
 
+@dataclass
+class RLSCScores(Rows):
+    advantages: torch.Tensor | None = None
+    """[N] group-normalised advantages of a reward part; None for the self-confidence loss, which needs nothing from scoring."""
+
+
 class RLSCModule(RLModule):
     name = "rlsc"
     Config = RLSCConfig
     train_batches = "unlabeled"  # answers never reach the training step
     progress_metrics = ("train/seq_confidence", "train/majority_share")
+    rewards_offered = ("self_confidence", "confidence", "majority")
 
     @property
     def eval_samples(self) -> int:
@@ -88,6 +94,12 @@ class RLSCModule(RLModule):
     def group_rows(cls, config) -> int:
         return config.algo.samples_per_prompt  # the loss compares a question's K samples
 
+    def named_reward(self, name: str):
+        """None for ``self_confidence``: RLSC's own loss takes the place of a reward."""
+        if name == "self_confidence":
+            return None
+        return ConfidenceReward(majority_only=name == "majority", format_bonus=self.algo.format_bonus)
+
     def confidence_logp(self, logits: torch.Tensor, response_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """s_k = sum of the response's token log-probs at the scoring temperature (divided by its
         length with ``length_normalize``); ``[N]``."""
@@ -95,37 +107,31 @@ class RLSCModule(RLModule):
         return s / mask.sum(-1).clamp(min=1) if self.algo.length_normalize else s
 
     # ---- scoring (no gradient) --------------------------------------------------------------
-    def score(self, rollout: Rollout) -> None:
-        response_ids, mask = rollout["response_ids"], rollout["response_mask"]
-        k = self.algo.samples_per_prompt
-        logits, _ = self.response_forward(self.policy, rollout["input_ids"], rollout["attention_mask"], response_ids.size(1))
-        self.rollout_metrics(rollout, logits)
-        s = self.confidence_logp(logits, response_ids, mask)
-        confidence = s.exp()
+    def score(self, rollout: Rollout) -> tuple[RLSCScores, dict[str, torch.Tensor]]:
+        mask, k = rollout.response_mask, rollout.group
+        logits, _ = self.forward_responses(self.policy, rollout)
+        metrics = self.rollout_metrics(rollout, logits)
+        s = self.confidence_logp(logits, rollout.response_ids, mask)
         scaled = logits.float() / self.score_temperature
-        rollout.metrics["seq_confidence"] = confidence.mean()
-        rollout.metrics["token_confidence"] = token_confidence(scaled, mask).mean()
-        rollout.metrics["agreement"] = torch.stack(
+        metrics["seq_confidence"] = s.exp().mean()
+        metrics["token_confidence"] = token_confidence(scaled, mask).mean()
+        metrics["agreement"] = torch.stack(
             [agreement_confidence(torch.softmax(scaled[i : i + k], -1), mask[i : i + k]) for i in range(0, len(rollout), k)]
         ).mean()
-        agrees, shares = majority_agreement(rollout.predictions, k)
-        rollout.metrics["majority_share"] = torch.tensor(shares).mean()
-        if self.algo.reward == "self_confidence":
-            return
-        rewards = confidence.clone()
-        if self.algo.reward == "majority":
-            rewards = rewards * torch.tensor(agrees, device=self.device, dtype=rewards.dtype)
-        if self.algo.format_bonus:
-            parsed = torch.tensor([p is not None for p in rollout.predictions], device=self.device, dtype=rewards.dtype)
-            rewards = rewards + self.algo.format_bonus * (2 * parsed - 1)
-        rollout["advantages"] = grpo_advantages(rewards.view(-1, k), "group").view(-1)
-        rollout.metrics["reward"] = rewards.mean()
+        _, shares = majority_agreement(rollout.predictions, k)
+        metrics["majority_share"] = torch.tensor(shares).mean()
+        if self.reward is None:
+            return RLSCScores(), metrics
+        rewards = self.rewards(rollout, Signals(seq_logp=s))
+        metrics |= rewards.metrics
+        metrics["reward"] = rewards.values.mean()
+        return RLSCScores(grpo_advantages(rewards.values.view(-1, k), "group").view(-1)), metrics
 
     # ---- loss (with gradient) -----------------------------------------------------------------
-    def loss(self, minibatch: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        response_ids, mask = minibatch["response_ids"], minibatch["response_mask"]
-        logits, _ = self.response_forward(self.policy, minibatch["input_ids"], minibatch["attention_mask"], response_ids.size(1))
-        if self.algo.reward == "self_confidence":
-            s = self.confidence_logp(logits, response_ids, mask).view(-1, self.algo.samples_per_prompt)
+    def loss(self, rollout: Rollout, scores: RLSCScores) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        response_ids, mask = rollout.response_ids, rollout.response_mask
+        logits, _ = self.forward_responses(self.policy, rollout)
+        if scores.advantages is None:
+            s = self.confidence_logp(logits, response_ids, mask).view(-1, rollout.group)
             return rlsc_loss(s, self.algo.alpha, self.algo.weighting, self.algo.reduction), {}
-        return reinforce_loss(self.logprobs(logits, response_ids), minibatch["advantages"], mask), {}
+        return reinforce_loss(self.logprobs(logits, response_ids), scores.advantages, mask), {}

@@ -1,4 +1,4 @@
-"""SFT warm-up (spec section 1): cross-entropy on the annotated chain of thought."""
+"""SFT warm-up (docs/METHODS.md section 1): cross-entropy on the annotated chain of thought."""
 
 from __future__ import annotations
 

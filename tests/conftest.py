@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,12 +8,25 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # The real data sets live beside the project (../shared/data), never inside it.
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# Small excerpts of the same files, kept with the tests (see tests/data/README.md).
+SAMPLE_DATA = ROOT / "tests" / "data"
+# Where the full data sets are, when not at ../shared/data.
+FULL_DATA_ENV = "REASONING_RL_DATA"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    assert SHARED_DATA.is_dir(), f"the real data sets are expected in {SHARED_DATA}"
-    return SHARED_DATA
+def sample_data() -> Path:
+    """Excerpts (at most 50 rows) of each real data file, same names and formats; always present."""
+    return SAMPLE_DATA
+
+
+@pytest.fixture(scope="session")
+def full_data() -> Path:
+    """The whole real data files: $REASONING_RL_DATA, else ../shared/data; the test is skipped without them."""
+    path = Path(os.environ.get(FULL_DATA_ENV) or SHARED_DATA)
+    if not path.is_dir():
+        pytest.skip(f"the full data sets were not found at {path}; set {FULL_DATA_ENV} to the folder that holds them")
+    return path
 
 
 @pytest.fixture(scope="session")

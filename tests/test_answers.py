@@ -120,8 +120,8 @@ def test_is_correct_tolerance_edges():
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
-def test_every_gsm8k_gold_answer_parses(shared_data, split):
-    lines = (shared_data / "gsm8k" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+def test_every_gsm8k_gold_answer_parses(full_data, split):
+    lines = (full_data / "gsm8k" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
     rows = [json.loads(line) for line in lines if line.strip()]
     assert len(rows) == {"train": 7473, "test": 1319}[split]
     for row in rows:
@@ -129,8 +129,8 @@ def test_every_gsm8k_gold_answer_parses(shared_data, split):
         assert extract_answer(row["answer"]) == float(after_hashes), row["answer"][-60:]
 
 
-def test_reft_svamp_cots_agree_with_answer_value(shared_data):
-    rows = json.loads((shared_data / "reft" / "svamp_nl.json").read_text(encoding="utf-8"))
+def test_reft_svamp_cots_agree_with_answer_value(full_data):
+    rows = json.loads((full_data / "reft" / "svamp_nl.json").read_text(encoding="utf-8"))
     exceptions = [
         (row["item_id"], row["answer_value"], extract_answer(row["answer_cot"]), row["answer_cot"][-50:])
         for row in rows
@@ -147,3 +147,26 @@ def test_reft_svamp_cots_agree_with_answer_value(shared_data):
     # - 1 wrong annotation: svamp_929 "Therefore, the answer is <9>." (trucks rounded up) vs gold 8.9333.
     assert len(exceptions) == 17
     assert 1 - len(exceptions) / len(rows) >= 0.99
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_excerpt_gsm8k_gold_answers_parse(sample_data, split):
+    """The same check on the excerpts, which keep the rows with commas and minus signs."""
+    lines = (sample_data / "gsm8k" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
+    assert len(rows) == 50
+    finals = [row["answer"].rsplit("####", 1)[1].strip() for row in rows]
+    assert sum("," in f for f in finals) == {"train": 7, "test": 8}[split]
+    assert sum(f.startswith("-") for f in finals) == {"train": 3, "test": 2}[split]
+    for row, final in zip(rows, finals):
+        assert extract_answer(row["answer"]) == float(final.replace(",", "")), row["answer"][-60:]
+
+
+def test_excerpt_reft_svamp_cots_agree_but_for_the_known_rows(sample_data):
+    rows = json.loads((sample_data / "reft" / "svamp_nl.json").read_text(encoding="utf-8"))
+    disagree = {
+        row["item_id"] for row in rows if not is_correct(extract_answer(row["answer_cot"]), float(row["answer_value"]))
+    }
+    # two percent answers, three "duplicate question" rows, the one wrong annotation (see above)
+    assert disagree == {"svamp_338", "svamp_2000", "svamp_852", "svamp_993", "svamp_2109", "svamp_929"}
+    assert len(rows) == 46

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from lightning_modules.benchmark import main
+from workflows.benchmark import main
 
 TINY = ["--width", "32", "--layers", "2", "--batch_size", "2", "--samples", "2", "--max_new_tokens", "8", "--steps", "2", "--warmup_steps", "1"]
 

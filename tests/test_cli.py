@@ -2,7 +2,7 @@
 
 import pytest
 
-from lightning_modules.run import main
+from workflows.train import main
 
 
 def run_cli(capsys, argv):

@@ -95,18 +95,19 @@ def test_sampler_resumes_at_the_exact_batch_and_shards_by_rank():
         assert ranks[0][b] + ranks[1][b] == full[2 * b] + full[2 * b + 1]
 
 
-def test_file_sources_hold_out_validation_questions(shared_data):
-    path = str(shared_data / "gsm8k" / "train.jsonl")
-    splits = load_split_records(DataConfig(path=path, val_size=50, test_path=str(shared_data / "gsm8k" / "test.jsonl")))
-    assert len(splits["val"]) == 50 and len(splits["test"]) == 1319
+def test_file_sources_hold_out_validation_questions(sample_data):
+    path = str(sample_data / "gsm8k" / "train.jsonl")
+    splits = load_split_records(DataConfig(path=path, val_size=10, test_path=str(sample_data / "gsm8k" / "test.jsonl")))
+    assert len(splits["val"]) == 10 and len(splits["test"]) == 50
     train_questions = {r.question for r in splits["train"]}
     assert not train_questions & {r.question for r in splits["val"]}
     assert not train_questions & {r.question for r in splits["test"]}
-    assert len(splits["train"]) + 50 <= 7473
+    assert len(splits["train"]) + 10 == 50  # the excerpts share no question, so only val leaves train
 
 
-def test_sft_on_a_source_without_chains_of_thought_is_refused(tokenizer, shared_data):
-    config = DataConfig(path=str(shared_data / "svamp" / "SVAMP.json"), batch_size=4)
+def test_sft_on_a_source_without_chains_of_thought_is_refused(tokenizer, sample_data):
+    # val_size below the excerpt's 40 rows, so that questions remain for training
+    config = DataConfig(path=str(sample_data / "svamp" / "SVAMP.json"), batch_size=4, val_size=10)
     with pytest.raises(DataError, match="no chains of thought"):
         ReasoningDataModule(config, tokenizer, "annotated").setup()
     ReasoningDataModule(config, tokenizer, "unlabeled").setup()  # fine for a label-free method

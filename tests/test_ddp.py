@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lightning's DDP launcher re-runs this script for rank 1, so the recording callback lives in it.
 SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import dataclasses, json, sys
     import lightning as L
-    from lightning_modules.run import parse_config, train
+    from workflows.train import parse_config, train
 
     class RecordBatches(L.Callback):
         def __init__(self):
@@ -64,12 +64,12 @@ def test_two_process_ddp_sft_shards_the_data(tiny_args, tmp_path):
 
 CARFT_SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import dataclasses, json, sys
     import lightning as L
     import torch
     from lightning_modules import carft
     from lightning_modules.distributed import gather_rows
-    from lightning_modules.run import parse_config, train
+    from workflows.train import parse_config, train
 
     out, mode = sys.argv[1], sys.argv[2]
     if mode == "blocked":
@@ -83,12 +83,16 @@ CARFT_SCRIPT = textwrap.dedent(
         # Rank 1 keeps half of every response, so the ranks' response lengths differ.
         rollout = sample(self, batch)
         if self.global_rank == 1:
-            keep = rollout["response_ids"].size(1) // 2
-            for key in ("response_ids", "response_mask"):
-                rollout[key] = rollout[key][:, :keep]
-            for key in ("input_ids", "attention_mask"):
-                rollout[key] = rollout[key][:, : rollout.prompt_length + keep]
-        self.lengths = self.__dict__.get("lengths", []) + [rollout["response_ids"].size(1)]
+            keep = rollout.response_ids.size(1) // 2
+            prompt = rollout.prompt_length
+            rollout = dataclasses.replace(
+                rollout,
+                response_ids=rollout.response_ids[:, :keep],
+                response_mask=rollout.response_mask[:, :keep],
+                input_ids=rollout.input_ids[:, : prompt + keep],
+                attention_mask=rollout.attention_mask[:, : prompt + keep],
+            )
+        self.lengths = self.__dict__.get("lengths", []) + [rollout.response_ids.size(1)]
         return rollout
     carft.CARFTModule.rollout = uneven_rollout
 
@@ -131,7 +135,7 @@ NAN_SCRIPT = textwrap.dedent(
     import sys
     import lightning as L
     import torch
-    from lightning_modules.run import parse_config, train
+    from workflows.train import parse_config, train
 
     class PoisonRankZero(L.Callback):
         # Rank 0's losses at step 1 are NaN; rank 1's are fine. Both ranks must skip alike.
@@ -173,7 +177,7 @@ WEIGHTS_SCRIPT = textwrap.dedent(
     import sys
     import lightning as L
     import torch
-    from lightning_modules.run import parse_config, train
+    from workflows.train import parse_config, train
 
     class SaveWeights(L.Callback):
         def on_train_start(self, trainer, pl_module):

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from datamodules.records import Record
-from lightning_modules.evaluation import (
+from workflows.evaluate import (
     SCHEMA,
     EvalError,
     _base_model_path,
@@ -25,7 +25,7 @@ from lightning_modules.evaluation import (
     pass_at_ks,
     summarise,
 )
-from lightning_modules.run import parse_config, train
+from workflows.train import parse_config, train
 
 
 def responses(texts: list[str], lengths: list[int]) -> Responses:
@@ -162,9 +162,9 @@ def test_baseline_from_a_model_or_a_result_file(capsys, tiny_run, tmp_path):
     assert code == 2 and "different settings (samples)" in err
 
 
-def test_real_gsm8k_file_runs_end_to_end_with_the_parse_rate(capsys, tiny_run, shared_data, tmp_path):
+def test_real_gsm8k_file_runs_end_to_end_with_the_parse_rate(capsys, tiny_run, sample_data, tmp_path):
     out_json = tmp_path / "gsm8k.json"
-    code, out, err = evaluate_cli(capsys, [str(tiny_run), "--data", str(shared_data / "gsm8k" / "test.jsonl"), "--limit", "12",
+    code, out, err = evaluate_cli(capsys, [str(tiny_run), "--data", str(sample_data / "gsm8k" / "test.jsonl"), "--limit", "12",
                                            "--max_new_tokens", "8", "--samples", "2", "--output", str(out_json)])
     assert code == 0, err
     saved = json.loads(out_json.read_text())

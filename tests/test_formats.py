@@ -18,7 +18,7 @@ def write_jsonl(path, rows):
     return path
 
 
-# ---- the real files ------------------------------------------------------------------------
+# ---- the real files: the whole files (skipped without them) -------------------------------
 
 
 @pytest.mark.parametrize(
@@ -32,15 +32,59 @@ def write_jsonl(path, rows):
         ("reft/gsm8k_test_set.json", 1319),
     ],
 )
-def test_real_files_row_counts(shared_data, relative, count):
-    records = load_records(str(shared_data / relative))
+def test_real_files_row_counts(full_data, relative, count):
+    records = load_records(str(full_data / relative))
     assert len(records) == count
     assert all(isinstance(r, Record) and r.question for r in records)
     assert len({r.uid for r in records}) == count
 
 
-def test_gsm8k_train(shared_data):
-    records = load_records(str(shared_data / "gsm8k" / "train.jsonl"))
+def assert_gsm8k_cots_clean(records):
+    assert not any("<<" in r.chain_of_thought or ">>" in r.chain_of_thought for r in records)
+    assert not any("####" in r.chain_of_thought for r in records)
+
+
+def assert_reft_cots_clean(records):
+    assert not any("Therefore, the answer is" in r.chain_of_thought for r in records)
+    assert all(r.chain_of_thought == r.chain_of_thought.rstrip() for r in records)
+
+
+def test_whole_gsm8k_train_loses_its_markup(full_data):
+    records = load_records(str(full_data / "gsm8k" / "train.jsonl"))
+    assert records[2583].answer == 1200.0  # line 2584 ends "#### 1,200"
+    assert_gsm8k_cots_clean(records)
+
+
+def test_whole_reft_svamp_nl_loses_its_answer_lines(full_data):
+    records = load_records(str(full_data / "reft" / "svamp_nl.json"))
+    assert_reft_cots_clean(records)
+    dup = next(r for r in records if r.uid == "svamp_852")
+    assert dup.chain_of_thought == "This question was already answered earlier."
+
+
+# ---- the real files: excerpts in tests/data ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("relative", "count"),
+    [
+        ("gsm8k/train.jsonl", 50),
+        ("gsm8k/test.jsonl", 50),
+        ("reft/svamp_nl.json", 46),
+        ("reft/svamp_test_set.json", 40),
+        ("svamp/SVAMP.json", 40),
+        ("reft/gsm8k_test_set.json", 50),
+    ],
+)
+def test_sample_files_row_counts(sample_data, relative, count):
+    records = load_records(str(sample_data / relative))
+    assert len(records) == count
+    assert all(isinstance(r, Record) and r.question for r in records)
+    assert len({r.uid for r in records}) == count
+
+
+def test_gsm8k_train(sample_data):
+    records = load_records(str(sample_data / "gsm8k" / "train.jsonl"))
     first = records[0]
     assert first.uid == "train.jsonl:1"
     assert first.question.startswith("Natalia sold clips to 48 of her friends")
@@ -48,18 +92,18 @@ def test_gsm8k_train(shared_data):
     assert first.chain_of_thought == (
         "Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May."
     )
-    assert records[2583].answer == 1200.0  # line 2584 ends "#### 1,200"
-    assert not any("<<" in r.chain_of_thought or ">>" in r.chain_of_thought for r in records)
-    assert not any("####" in r.chain_of_thought for r in records)
+    assert records[46].answer == 1200.0  # line 47 (line 2584 of the whole file) ends "#### 1,200"
+    assert [r.answer for r in records[47:]] == [-7.0, -47.0, -12.0]
+    assert_gsm8k_cots_clean(records)
 
 
-def test_gsm8k_keep_calculator_notes(shared_data):
-    first = load_records(str(shared_data / "gsm8k" / "train.jsonl"), keep_calculator_notes=True, limit=1)[0]
+def test_gsm8k_keep_calculator_notes(sample_data):
+    first = load_records(str(sample_data / "gsm8k" / "train.jsonl"), keep_calculator_notes=True, limit=1)[0]
     assert first.chain_of_thought.startswith("Natalia sold 48/2 = <<48/2=24>>24 clips in May.")
 
 
-def test_reft_svamp_nl(shared_data):
-    records = load_records(str(shared_data / "reft" / "svamp_nl.json"))
+def test_reft_svamp_nl(sample_data):
+    records = load_records(str(sample_data / "reft" / "svamp_nl.json"))
     first = records[0]
     assert first.uid == "svamp_0"
     assert first.question.startswith("tyler an animal rights advocate")
@@ -67,23 +111,23 @@ def test_reft_svamp_nl(shared_data):
     assert first.chain_of_thought.endswith(
         "Therefore, Tyler has a total of 203 pairs of birds in the bird sanctuary."
     )
-    assert not any("Therefore, the answer is" in r.chain_of_thought for r in records)
-    assert all(r.chain_of_thought == r.chain_of_thought.rstrip() for r in records)
+    # the excerpt keeps the odd endings too: "<6%>", "<69.32%>", "<9>" (gold 8.9333333333)
+    assert_reft_cots_clean(records)
     # the "duplicate question" rows end "... The answer is <4>." instead; that goes too
     dup = next(r for r in records if r.uid == "svamp_852")
     assert dup.chain_of_thought == "This question was already answered earlier."
 
 
-def test_reft_test_sets(shared_data):
-    svamp = load_records(str(shared_data / "reft" / "svamp_test_set.json"))
+def test_reft_test_sets(sample_data):
+    svamp = load_records(str(sample_data / "reft" / "svamp_test_set.json"))
     assert svamp[0] == Record("svamp_3735", svamp[0].question, 14.0, None)
-    gsm8k = {r.uid: r for r in load_records(str(shared_data / "reft" / "gsm8k_test_set.json"))}
+    gsm8k = {r.uid: r for r in load_records(str(sample_data / "reft" / "gsm8k_test_set.json"))}
     assert gsm8k["gsm8k_0"].answer == 18.0 and gsm8k["gsm8k_0"].question.startswith("Janet")
     assert gsm8k["gsm8k_489"].answer == -10.0
 
 
-def test_svamp(shared_data):
-    first = load_records(str(shared_data / "svamp" / "SVAMP.json"))[0]
+def test_svamp(sample_data):
+    first = load_records(str(sample_data / "svamp" / "SVAMP.json"))[0]
     assert first == Record(
         "chal-1",
         "Each pack of dvds costs 76 dollars. If there is a discount of 25 dollars on each pack "
@@ -93,8 +137,8 @@ def test_svamp(shared_data):
     )
 
 
-def test_forced_format_and_bad_fmt(shared_data):
-    path = str(shared_data / "reft" / "svamp_test_set.json")
+def test_forced_format_and_bad_fmt(sample_data):
+    path = str(sample_data / "reft" / "svamp_test_set.json")
     assert len(load_records(path, fmt="reft", limit=3)) == 3
     with pytest.raises(DataError, match=r"svamp_test_set\.json row 0 has no field 'answer'"):
         load_records(path, fmt="gsm8k")
@@ -102,11 +146,11 @@ def test_forced_format_and_bad_fmt(shared_data):
         load_records(path, fmt="csv")
 
 
-def test_limit(shared_data):
-    records = load_records(str(shared_data / "gsm8k" / "test.jsonl"), limit=5)
+def test_limit(sample_data):
+    records = load_records(str(sample_data / "gsm8k" / "test.jsonl"), limit=5)
     assert [r.uid for r in records] == [f"test.jsonl:{i}" for i in range(1, 6)]
     with pytest.raises(ValueError, match="limit"):
-        load_records(str(shared_data / "gsm8k" / "test.jsonl"), limit=0)
+        load_records(str(sample_data / "gsm8k" / "test.jsonl"), limit=0)
 
 
 # ---- the hub path --------------------------------------------------------------------------

@@ -58,8 +58,8 @@ SOURCES = [("gsm8k/test.jsonl", 40), ("reft/svamp_nl.json", 40), ("svamp/SVAMP.j
 
 
 @pytest.mark.parametrize("relative, rows", SOURCES)
-def test_random_corruptions_load_or_fail_cleanly(shared_data, tmp_path, relative, rows):
-    source = shared_data / relative
+def test_random_corruptions_load_or_fail_cleanly(sample_data, tmp_path, relative, rows):
+    source = sample_data / relative
     if source.suffix == ".jsonl":
         data = b"\n".join(source.read_bytes().split(b"\n")[:rows])
     else:

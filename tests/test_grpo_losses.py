@@ -1,4 +1,4 @@
-"""GRPO's math against hand-worked numbers and naive loops (spec section 5)."""
+"""GRPO's math against hand-worked numbers and naive loops (docs/METHODS.md section 5)."""
 
 import math
 import statistics
@@ -74,7 +74,7 @@ def test_majority_answer_counts_within_tolerance_and_unparsed_samples():
     assert majority_answer([7.0]) == (7.0, 1.0)
 
 
-# ---- RLSC's pure functions (spec section 4) ----
+# ---- RLSC's pure functions (docs/METHODS.md section 4) ----
 from lightning_modules.losses import agreement_confidence, rlsc_loss, sequence_logp, token_confidence  # noqa: E402
 
 

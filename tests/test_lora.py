@@ -10,13 +10,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from lightning_modules.evaluation import load_model
-from lightning_modules.grpo import GRPOModule
+from workflows.evaluate import load_model
 from lightning_modules.policy import Policy, resolve_model_path
-from lightning_modules.ppo import PPOModule
 from lightning_modules.rl_base import eval_mode
-from lightning_modules.rollout import response_logits
-from lightning_modules.run import main, parse_config, train
+from lightning_modules.generation import response_logits
+from workflows.train import main, parse_config, train
+from tests import rewards
 from tests.runs import StopAt, checkpoint_state
 
 LORA_ARGS = ["--model.lora.r", "4", "--trainer.max_steps", "2", "--trainer.val_every_n_steps", "2", "--optim.lr", "1e-3"]
@@ -38,25 +37,20 @@ class Watch(L.Callback):
         self.checkpointing = pl_module.policy.lm.is_gradient_checkpointing
 
 
-def alternating_rewards(monkeypatch) -> dict:
-    """Replace the rule reward, which the untrained tiny model earns for no answer (so the policy
-    gradient would be zero), by 0, 1, 0, 1, ...: it differs within every question's samples.
-    Returns where the last scored rollout is kept."""
-    seen = {}
-
-    def rewards(self, rollout):
-        seen["rollout"] = rollout
-        return (torch.arange(len(rollout), device=self.device) % 2).float()
-
-    monkeypatch.setattr(PPOModule, "sequence_rewards", rewards)  # CARFT's partial reward builds on it
-    monkeypatch.setattr(GRPOModule, "sequence_rewards", rewards)
-    return seen
+ALTERNATING = ["--algo.reward", "tests.rewards:alternating"]
+"""The rule reward is 0 everywhere for the untrained tiny model (no answer), so the policy gradient
+would be zero: a reward part of 0, 1, 0, 1, ... differs within every question's samples."""
+ALTERNATING_ARGS = {  # RLSC trains on its own confidence, CARFT's partial reward rewrites the rule reward only
+    "ppo": ALTERNATING,
+    "carft": [*ALTERNATING, "--algo.partial_reward", "false"],
+    "grpo": ALTERNATING,
+    "rlsc": [],
+}
 
 
 @pytest.mark.parametrize("method", list(METHOD_ARGS))
-def test_lora_trains_adapters_and_heads_only_and_references_the_base_held_once(tiny_args, monkeypatch, method):
-    seen = alternating_rewards(monkeypatch)
-    config, _, _, _ = parse_config(["--method", method, "--run_name", "lora", *LORA_ARGS, *RL_ARGS, *METHOD_ARGS[method], *tiny_args])
+def test_lora_trains_adapters_and_heads_only_and_references_the_base_held_once(tiny_args, method):
+    config, _, _, _ = parse_config(["--method", method, "--run_name", "lora", *LORA_ARGS, *RL_ARGS, *METHOD_ARGS[method], *ALTERNATING_ARGS[method], *tiny_args])
     watch = Watch()
     train(config, callbacks=[watch])
     module = watch.module
@@ -76,10 +70,10 @@ def test_lora_trains_adapters_and_heads_only_and_references_the_base_held_once(t
 
     assert module.uses_reference == (method != "rlsc")
     if module.uses_reference:
-        rollout = seen["rollout"]  # the run's last rollout; the adapters have moved by now
-        response_ids = rollout["response_ids"]
-        inputs = (rollout["input_ids"], rollout["attention_mask"], response_ids.size(1))
-        logp_ref = module.logprobs(module.reference_logits(*inputs), response_ids)
+        rollout = rewards.SEEN["rollout"]  # the run's last rollout; the adapters have moved by now
+        response_ids = rollout.response_ids
+        inputs = (rollout.input_ids, rollout.attention_mask, response_ids.size(1))
+        logp_ref = module.logprobs(module.reference_logits(rollout), response_ids)
         with torch.no_grad(), eval_mode(module.policy):
             logp_base = module.logprobs(response_logits(Policy(base), *inputs)[0], response_ids)
             logp_adapted = module.logprobs(response_logits(module.policy, *inputs)[0], response_ids)
@@ -145,9 +139,8 @@ def test_lora_without_peft_is_refused_with_one_sentence(capsys, tiny_args, monke
     assert "pip install peft" in capsys.readouterr().err
 
 
-def test_lora_run_resumes_from_its_checkpoint(tiny_args, tmp_path, monkeypatch):
-    alternating_rewards(monkeypatch)
-    argv = ["--method", "grpo", "--run_name", "resume", "--trainer.checkpoint_every_n_steps", "1", *LORA_ARGS, *RL_ARGS, *tiny_args]
+def test_lora_run_resumes_from_its_checkpoint(tiny_args, tmp_path):
+    argv = ["--method", "grpo", "--run_name", "resume", "--trainer.checkpoint_every_n_steps", "1", *LORA_ARGS, *RL_ARGS, *ALTERNATING, *tiny_args]
     config, _, _, _ = parse_config(argv)
     train(config, callbacks=[StopAt(1)])
     checkpoints = tmp_path / "runs" / "resume" / "checkpoints"
@@ -160,7 +153,7 @@ def test_lora_run_resumes_from_its_checkpoint(tiny_args, tmp_path, monkeypatch):
 
 
 def test_lora_warmup_exports_a_whole_model_that_the_run_adapts(tiny_args, tmp_path, monkeypatch):
-    from lightning_modules import run
+    from workflows import train as run
 
     parse = run.parse_config
     # The warm-up reads configs/sft.yaml (1400 steps); two steps are enough here.

@@ -6,7 +6,7 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_modules.run import parse_config, train
+from workflows.train import parse_config, train
 from tests.runs import checkpoint_state
 
 RL_ARGS = ["--warmup_run", "null", "--data.batch_size", "2", "--algo.samples_per_prompt", "2", "--algo.eval_samples", "0"]

@@ -8,8 +8,8 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_modules.run import parse_config, train
-from tests.test_lora import alternating_rewards
+from workflows.train import parse_config, train
+from tests.test_lora import ALTERNATING_ARGS
 
 RL_ARGS = ["--warmup_run", "null", "--data.batch_size", "2", "--algo.samples_per_prompt", "2"]
 
@@ -22,12 +22,11 @@ class Watch(L.Callback):
 
 @pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.float32), ("bf16-true", torch.bfloat16)])
 @pytest.mark.parametrize("method", ["sft", "ppo", "carft", "grpo", "rlsc", "carft+lora"])
-def test_every_method_trains_in_bf16(tiny_args, monkeypatch, method, precision, dtype):
-    alternating_rewards(monkeypatch)  # PPO, CARFT and GRPO would otherwise have zero gradients on the untrained model
+def test_every_method_trains_in_bf16(tiny_args, method, precision, dtype):
     method, _, lora = method.partition("+")
     argv = ["--method", method, "--run_name", "bf16", "--trainer.precision", precision, "--trainer.max_steps", "2",
             "--trainer.val_every_n_steps", "2", "--optim.lr", "1e-2", *tiny_args, *(["--model.lora.r", "4"] if lora else [])]
-    config, _, _, _ = parse_config(argv + (RL_ARGS if method != "sft" else []) + (["--algo.eval_samples", "0"] if method == "rlsc" else []))
+    config, _, _, _ = parse_config(argv + (RL_ARGS + ALTERNATING_ARGS[method] if method != "sft" else []) + (["--algo.eval_samples", "0"] if method == "rlsc" else []))
     watch = Watch()
     metrics = train(config, callbacks=[watch])
     module = watch.module

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from callbacks import AtomicCheckpointIO
-from lightning_modules.run import main, parse_config, train
+from workflows.train import main, parse_config, train
 from tests.conftest import ROOT
 from tests.runs import StopAt, scalars
 
@@ -206,7 +206,7 @@ def test_a_non_finite_update_is_skipped_counted_and_training_goes_on(tiny_args, 
 
 
 def test_a_diverged_run_stops_with_one_sentence_and_exit_1(capsys, tiny_args, tmp_path, monkeypatch):
-    from lightning_modules import run
+    from workflows import train as run
 
     monkeypatch.setattr(run, "build_trainer", _with_callback(run.build_trainer, Poison(None, None)))
     code = main(["--method", "ppo", "--run_name", "diverged", "--trainer.max_steps", "6",

@@ -1,6 +1,6 @@
 """Rewards, PPO, CARFT and contrastive losses against naive loops or hand-worked numbers.
 
-Every expected value is derived from ``spec/METHODS.md`` (sections 0, 2, 3 and 6) or, for the
+Every expected value is derived from ``docs/METHODS.md`` (sections 0, 2 and 3) or, for the
 seed options, from the documented definitions, with plain Python loops over floats; none of
 it reuses the vectorised code under test.
 """
@@ -72,7 +72,7 @@ def _assert_rows_close(got: torch.Tensor, expected, **tol) -> None:
             assert math.isclose(g, e, **tol), (got, expected)
 
 
-# ---- rewards (spec section 0 and 3) ----------------------------------------------------------
+# ---- rewards (docs/METHODS.md section 0 and 3) ----------------------------------------------------------
 def test_rule_reward_is_one_for_a_correct_answer_within_the_tolerance():
     assert rule_reward(18.0, 18.0) == 1.0
     assert rule_reward(18.004, 18.0) == 1.0
@@ -137,7 +137,7 @@ def test_last_token_rewards_places_each_reward_on_the_last_response_token():
     _assert_rows_close(got, expected)
 
 
-# ---- GAE (spec section 2, step 4) ------------------------------------------------------------
+# ---- GAE (docs/METHODS.md section 2, step 4) ------------------------------------------------------------
 def _naive_gae(rewards, values, mask, gamma, lam):
     advantages, returns = [], []
     for r_row, v_row, m_row in zip(rewards, values, mask):
@@ -238,7 +238,7 @@ def test_whiten_with_all_reduce_matches_whitening_the_global_batch():
     assert not torch.allclose(whiten(*halves[0]), per_rank[0])
 
 
-# ---- PPO losses (spec section 2, step 5) -----------------------------------------------------
+# ---- PPO losses (docs/METHODS.md section 2, step 5) -----------------------------------------------------
 def _naive_policy_loss(logp, logp_old, adv, mask, eps):
     per_sequence, clipped_tokens, tokens = [], 0, 0
     for lp_row, lo_row, a_row, m_row in zip(logp, logp_old, adv, mask):
@@ -373,7 +373,7 @@ def test_explained_variance_is_one_for_a_perfect_critic_and_zero_for_a_constant_
     assert math.isclose(explained_variance(values, returns, mask).item(), expected, rel_tol=1e-9)
 
 
-# ---- CoT pooling (spec section 3) ------------------------------------------------------------
+# ---- CoT pooling (docs/METHODS.md section 3) ------------------------------------------------------------
 def _naive_pool(emb, scores, mask, mode):
     out = []
     for e_rows, s_row, m_row in zip(emb, scores, mask):
@@ -446,7 +446,7 @@ def test_pairwise_cos_matches_a_naive_loop():
     assert torch.isfinite(pairwise_cos(torch.zeros(1, 4), b.float())).all()
 
 
-# ---- CARFT contrastive signals (spec section 3) ----------------------------------------------
+# ---- CARFT contrastive signals (docs/METHODS.md section 3) ----------------------------------------------
 def _naive_positive(z_ann, z_s, correct, tau, clamp):
     losses = []
     for i, ok in enumerate(correct):
@@ -558,7 +558,7 @@ def test_carft_negative_loss_ignores_invalid_rows_and_is_zero_if_none_is_valid()
     assert carft_negative_loss(z1, z2, z3, torch.tensor([False, False, False])).item() == 0.0
 
 
-# ---- seed objectives (spec section 6) --------------------------------------------------------
+# ---- seed objectives (docs/METHODS.md section 6) --------------------------------------------------------
 def _naive_triplet(z_ann, z_s, correct, margin, T):
     B = len(z_ann)
     anchors = [i for i in range(B) if correct[i]]
@@ -668,7 +668,7 @@ def test_representation_mse_stops_the_gradient_at_the_annotated_argument():
     torch.testing.assert_close(z_s.grad, 2 * (z_s - z_a).detach() / 12)
 
 
-# ---- LCS (spec section 3, negative signal) ---------------------------------------------------
+# ---- LCS (docs/METHODS.md section 3, negative signal) ---------------------------------------------------
 def _naive_lcs(a, b):
     """O(n*m) table and backtrack: a match is taken when the tokens are equal; otherwise up
     (drop a token of a) when L[i-1][j] >= L[i][j-1], else left."""

@@ -6,7 +6,7 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_modules.run import main, parse_config, train
+from workflows.train import main, parse_config, train
 from tests.runs import StopAt, checkpoint_state, scalars
 
 # Start from the tiny embedded model itself (configs/<method>.yaml would train an SFT warm-up first).
@@ -106,7 +106,7 @@ def test_resumed_carft_run_equals_uninterrupted_run(tiny_args, tmp_path):
 
 
 def test_warmup_run_is_trained_once_and_reused(tiny_args, tmp_path, capsys, monkeypatch):
-    from lightning_modules import run
+    from workflows import train as run
 
     parse = run.parse_config
     # The warm-up reads configs/sft.yaml (1400 steps); two steps are enough here.

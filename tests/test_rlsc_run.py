@@ -9,7 +9,7 @@ import torch
 from datamodules.synthetic import SyntheticConfig, generate_splits
 from lightning_modules.rlsc import RLSCModule
 from lightning_modules.policy import Policy, resolve_model_path
-from lightning_modules.run import main, parse_config
+from workflows.train import main, parse_config
 from tests.runs import checkpoint_state, scalars
 
 RLSC_ARGS = ["--method", "rlsc", "--warmup_run", "null", "--data.batch_size", "2", "--algo.samples_per_prompt", "3",
@@ -67,9 +67,9 @@ def test_rlsc_options_train_whole_groups(tiny_args, tmp_path, monkeypatch, mode)
     }[mode]
     seen, loss = [], RLSCModule.loss
 
-    def recording_loss(self, minibatch):
-        seen.append(minibatch["question"].tolist())
-        return loss(self, minibatch)
+    def recording_loss(self, rollout, scores):
+        seen.append(rollout.question.tolist())
+        return loss(self, rollout, scores)
 
     monkeypatch.setattr(RLSCModule, "loss", recording_loss)
     argv = [*RLSC_ARGS, "--run_name", mode, *options, "--algo.minibatches", "2", "--algo.eval_samples", "0", *tiny_args]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from lightning_modules.rollout import filter_logits, generate
+from lightning_modules.generation import filter_logits, generate
 
 EOS, PAD = 1, 0
 

@@ -5,7 +5,7 @@ import math
 import torch
 from transformers import AutoModelForCausalLM
 
-from lightning_modules.run import main, parse_config, train
+from workflows.train import main, parse_config, train
 from lightning_modules.policy import resolve_model_path
 from tests.runs import StopAt, checkpoint_state, scalars
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lightning_modules.config import TrainerConfig
-from lightning_modules.run import UsageError, lightning_strategy, parse_config
+from workflows.train import UsageError, lightning_strategy, parse_config
 from tests.conftest import ROOT
 
 
@@ -24,7 +24,7 @@ def test_plain_strategies_pass_through_and_unknown_deepspeed_names_are_refused()
 
 @pytest.mark.parametrize("env", [{"TORCHELASTIC_RUN_ID": "job-1"}, {"SLURM_NTASKS": "16"}])
 def test_a_torchrun_or_srun_launch_must_name_its_run(env, tiny_args, monkeypatch):
-    from lightning_modules.run import RUN_NAME_ENV, run_dir_of
+    from workflows.train import RUN_NAME_ENV, run_dir_of
 
     monkeypatch.delenv(RUN_NAME_ENV, raising=False)
     for key, value in env.items():

@@ -9,8 +9,8 @@ import struct
 
 import pytest
 
-from lightning_modules.evaluation import SCHEMA
-from lightning_modules.study import first_reaching, main
+from workflows.evaluate import SCHEMA
+from workflows.compare import first_reaching, main
 
 RUNS = ["sft-continued-s0", "ppo-s0", "carft-s0", "grpo-s0", "rlsc-s0"]
 

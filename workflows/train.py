@@ -1,8 +1,8 @@
-"""Parse a run's configuration, build the model, data and trainer, and train.
+"""Train: parse a run's configuration, build the model, data and trainer, and train.
 
 ``scripts/train.py`` is a thin wrapper around :func:`main`. A user error (unknown method,
 bad override, unreadable data or checkpoint, impossible value) ends with one sentence on
-stderr and exit code 2.
+stderr and exit code 2 (:mod:`workflows.cli`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import lightning as L
 import transformers
 import yaml
 from transformers import AutoConfig
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -42,24 +42,24 @@ from lightning_modules.config import (
     TrainerConfig,
 )
 from lightning_modules.policy import load_tokenizer, resolve_model_path
+from workflows.cli import USER_ERRORS, UsageError, new_parser, one_sentence, parse_namespace
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUN_NAME_ENV = "REASONING_RL_RUN_NAME"  # shared with DDP child processes, which re-run the script
 log = logging.getLogger(__name__)
 
 
-class UsageError(Exception):
-    """A mistake in what the user asked for; the message is one sentence."""
-
-
-def build_parser(method: str) -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="train.py",
-        description=f"Train with --method {method}. Values come from configs/{method}.yaml, then --config files, then --key value overrides.",
-        exit_on_error=False,
-    )
-    parser.add_argument("--method", type=str, required=True, help=f"one of: {', '.join(METHODS)}")
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of overrides, applied in order")
+def build_parser(method: str | None) -> ArgumentParser:
+    """The options of a run with ``method``; without one, the shared options only (for ``--help``)."""
+    if method is None:
+        description = (
+            f"Train a policy with one of the methods {', '.join(METHODS)}. `--method NAME --help` adds the method's "
+            "own options (algo.*). Values come from configs/NAME.yaml, then --config files, then --key value overrides."
+        )
+    else:
+        description = f"Train with --method {method}. Values come from configs/{method}.yaml, then --config files, then --key value overrides."
+    parser = new_parser("train.py", description)
+    parser.add_argument("--method", type=str, required=method is not None, help=f"one of: {', '.join(METHODS)}")
     parser.add_argument("--resume", type=str | None, default=None, help="run folder (or name under runs_dir) to continue from its last.ckpt")
     parser.add_argument("--ckpt_path", type=str | None, default=None, help="a specific checkpoint to continue from; 'last' means the run's last.ckpt")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights-independent randomness: data order, sampling")
@@ -75,7 +75,8 @@ def build_parser(method: str) -> ArgumentParser:
     parser.add_class_arguments(DataConfig, "data")
     parser.add_class_arguments(OptimConfig, "optim")
     parser.add_class_arguments(TrainerConfig, "trainer")
-    parser.add_class_arguments(METHODS[method].Config, "algo")
+    if method is not None:
+        parser.add_class_arguments(METHODS[method].Config, "algo")
     return parser
 
 
@@ -102,17 +103,19 @@ def parse_config(argv: Sequence[str]) -> tuple[RunConfig, str | None, ArgumentPa
         if not Path(ckpt).is_file():
             raise UsageError(f"run {run_dir} has no checkpoints/last.ckpt to resume from")
     if not known.method:
-        raise UsageError(f"--method is required: one of {', '.join(METHODS)}")
+        if {"-h", "--help"} & set(argv):
+            build_parser(None).parse_args(["--help"])  # prints the shared options and exits 0
+        raise UsageError(f"--method is required: one of {', '.join(METHODS)} (--help lists the options)")
     if known.method not in METHODS:
         raise UsageError(f"unknown method {known.method!r}; choose one of {', '.join(METHODS)}")
     if not base_files:
         base_files = [CONFIGS / f"{known.method}.yaml"]
     parser = build_parser(known.method)
     parser.default_config_files = [str(f) for f in base_files if f.is_file()]
+    namespace = parse_namespace(parser, argv)
     try:
-        namespace = parser.parse_args(argv)
         objects = parser.instantiate(namespace)
-    except Exception as error:  # jsonargparse reports bad keys, types and values this way
+    except (ValueError, TypeError) as error:  # a dataclass refusing its values in __post_init__
         raise UsageError(one_sentence(str(error))) from None
     config = RunConfig(
         method=objects.method,
@@ -133,11 +136,6 @@ def parse_config(argv: Sequence[str]) -> tuple[RunConfig, str | None, ArgumentPa
     if namespace.ckpt_path:
         ckpt = namespace.ckpt_path
     return config, ckpt, parser, namespace
-
-
-def one_sentence(message: str) -> str:
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return " ".join(lines).replace('Parser key "', 'option --').replace('":', ":")
 
 
 def resolve_run_dir(name_or_path: str, runs_dir: str) -> Path:
@@ -311,7 +309,9 @@ def train(config: RunConfig, ckpt_path: str | None = None, callbacks: Sequence[L
 
 def initial_model_path(config: RunConfig) -> str:
     """What the policy (and the reference policy) start from: the warm-up run's export when
-    ``warmup_run`` is set, training that run first if it does not exist yet."""
+    ``warmup_run`` is set. A missing warm-up is not trained twice: a finished SFT run under
+    ``runs_dir`` with exactly the warm-up's settings (say, a plain ``--method sft``) serves;
+    only if there is none is the warm-up trained first."""
     if config.warmup_run is None:
         return resolve_model_path(config.model)
     name = Path(config.warmup_run)
@@ -326,16 +326,45 @@ def initial_model_path(config: RunConfig) -> str:
             f"warm-up run {warmup_dir} has no hf/ export (it did not finish); continue it with "
             f"`python scripts/train.py --resume {warmup_dir}` or remove the folder"
         )
-    argv = ["--method", "sft", "--run_name", config.warmup_run, "--runs_dir", config.runs_dir]
-    warmup, _, _, _ = parse_config(argv)
-    # The same base model and the same questions as the run it serves, exported whole: the run
-    # starts from a full model (with LoRA, it puts its own fresh adapters on it).
-    warmup.model = replace(config.model, lora=replace(config.model.lora, export="merged"))
-    loader_knobs = ("batch_size", "bucket_batches", "eval_batch_size", "num_workers")  # the warm-up keeps its own
-    warmup.data = replace(config.data, **{k: getattr(warmup.data, k) for k in loader_knobs})
+    warmup = warmup_config(config)
+    same = finished_run_like(warmup)
+    if same is not None:
+        print(f"SFT warm-up: {same} was trained with the warm-up's settings, so it serves as {config.warmup_run}.", file=sys.stderr)
+        return str(same / "hf")
     print(f"No SFT warm-up at {export}: training it first (configs/sft.yaml; later runs reuse it).", file=sys.stderr)
     train(warmup)
     return str(export)
+
+
+def warmup_config(config: RunConfig) -> RunConfig:
+    """The SFT run that warms ``config`` up: configs/sft.yaml on the same base model and the same
+    questions, exported whole (the RL run starts from a full model; with LoRA it puts its own
+    fresh adapters on it)."""
+    warmup, _, _, _ = parse_config(["--method", "sft", "--run_name", config.warmup_run, "--runs_dir", config.runs_dir])
+    warmup.model = replace(config.model, lora=replace(config.model.lora, export="merged"))
+    loader_knobs = ("batch_size", "bucket_batches", "eval_batch_size", "num_workers")  # the warm-up keeps its own
+    warmup.data = replace(config.data, **{k: getattr(warmup.data, k) for k in loader_knobs})
+    return warmup
+
+
+def finished_run_like(config: RunConfig) -> Path | None:
+    """The newest run folder under ``config.runs_dir`` with an hf/ export whose config.yaml equals
+    ``config`` but for the run's name and folder; None if there is none."""
+    def settings(values: dict) -> dict:
+        return {k: v for k, v in values.items() if k not in ("run_name", "runs_dir")}
+
+    wanted = settings(config_dict(config))
+    found = []
+    for saved in Path(config.runs_dir).glob("*/config.yaml"):
+        if not (saved.parent / "hf" / "config.json").is_file():
+            continue
+        try:
+            values = yaml.safe_load(saved.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # not a run of this project: nothing to reuse
+        if isinstance(values, dict) and settings(values) == wanted:
+            found.append(saved.parent)
+    return max(found, key=lambda folder: (folder / "hf" / "config.json").stat().st_mtime, default=None)
 
 
 def summary_line(config, run_dir, before, after, datamodule, seconds) -> str:
@@ -371,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config, ckpt_path, _, _ = parse_config(argv)
         train(config, ckpt_path)
-    except (UsageError, ConfigError, DataError) as error:
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:

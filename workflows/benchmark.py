@@ -107,7 +107,7 @@ def measure_ours(case: Case, workdir: Path) -> dict:
 
     from datamodules.reasoning import ReasoningDataModule
     from lightning_modules.policy import load_tokenizer, resolve_model_path
-    from lightning_modules.run import METHODS, build_trainer, parse_config
+    from workflows.train import METHODS, build_trainer, parse_config
 
     total = case.warmup_steps + case.steps
     rows = case.batch_size * case.samples
@@ -162,7 +162,7 @@ def measure_trl(case: Case, workdir: Path) -> dict:
     from datamodules.prompts import format_prompt
     from datamodules.reasoning import load_split_records
     from lightning_modules.config import DataConfig, EmbeddedModelConfig, ModelConfig
-    from lightning_modules.losses import rule_reward
+    from datamodules.answers import rule_reward
     from lightning_modules.policy import load_tokenizer, resolve_model_path
 
     embedded = EmbeddedModelConfig(hidden_size=case.width, intermediate_size=4 * case.width, num_layers=case.layers)

@@ -17,7 +17,6 @@ running the same command again continues an interrupted study.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -29,13 +28,72 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from lightning_modules.evaluation import read_result
+from jsonargparse import ArgumentParser
+
+from workflows.cli import UsageError, parse, run_main, settings_parser
+from workflows.evaluate import read_result
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = {"sft": "SFT-continued", "ppo": "PPO (ReFT)", "carft": "CARFT", "grpo": "GRPO", "rlsc": "RLSC"}
 COLORS = {"warmup": "#555555", "sft": "#1f77b4", "ppo": "#ff7f0e", "carft": "#2ca02c", "grpo": "#9467bd", "rlsc": "#d62728"}
 WARMUP = "sft-warmup"
+
+
+@dataclass
+class CompareSettings:
+    """What the study runs (the options of scripts/compare.py)."""
+
+    out: str = "results/study"
+    """Results folder; re-running the same command continues the study in it. The default keeps it under results/."""
+    methods: list[Literal["sft", "ppo", "carft", "grpo", "rlsc"]] = field(default_factory=lambda: list(LABELS))
+    """Methods to run from the warm-up, sft meaning SFT continued from it; the default is all five."""
+    seeds: int = 3
+    """Seeds per method; the default 3 gives the mean and spread docs/RESULTS.md reports."""
+    budget: int = 6400
+    """Responses each run learns from; the default is 100 RL steps of the embedded configs' 64 responses."""
+    val_every: int = 640
+    """Responses between in-run validations; the default is every 10 RL steps of 64 responses."""
+    samples: int = 8
+    """Samples per test question for pass@k and maj@k (at least 2); the default gives docs/RESULTS.md's pass@8 and maj@8."""
+    temperature: float = 0.7
+    """Temperature of those samples; the default is the RL runs' sampling temperature."""
+    gains: list[float] = field(default_factory=lambda: [2.0, 5.0])
+    """Accuracy thresholds above the warm-up, in points, for the samples-to-threshold columns; the default gives docs/RESULTS.md's +2 and +5."""
+    jobs: int = 2
+    """Processes at a time, sharing the CPU cores; the default fits the 2-core machine of docs/RESULTS.md."""
+    quick: bool = False
+    """A tiny model, one seed and a handful of steps: checks the machinery, not the methods; off by default."""
+    train_args: list[str] = field(default_factory=list, init=False)
+    """Options after --: given to every scripts/train.py run."""
+    quick_overrides: list[str] = field(default_factory=list, init=False)
+    """Training options --quick adds to every run."""
+    warmup_overrides: list[str] = field(default_factory=list, init=False)
+    """Training options --quick adds to the warm-up."""
+    method_overrides: dict[str, list[str]] = field(default_factory=dict, init=False)
+    """Training options --quick adds to each method's runs."""
+    eval_overrides: list[str] = field(default_factory=list, init=False)
+    """Evaluation options added to every evaluation."""
+
+    def validate(self) -> None:
+        for name in ("seeds", "budget", "val_every", "samples", "jobs"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.samples < 2:
+            raise UsageError("--samples must be at least 2 for pass@k and maj@k")
+        if not self.methods:
+            raise UsageError("--methods must name at least one method")
+        if not self.gains:
+            raise UsageError("--gains must give at least one threshold")
+
+    def apply_quick(self) -> None:
+        """--quick: one seed, a budget of 8 responses and the tiny model of ``QUICK_OVERRIDES``."""
+        self.seeds, self.budget, self.val_every, self.samples = 1, 8, 4, 2
+        self.quick_overrides = QUICK_OVERRIDES
+        self.warmup_overrides = ["--trainer.max_steps", "4", "--trainer.val_every_n_steps", "2", "--data.batch_size", "4"]
+        self.method_overrides = {m: ["--data.batch_size", "2"] for m in LABELS} | {
+            m: ["--data.batch_size", "2", "--algo.samples_per_prompt", "2"] for m in ("grpo", "rlsc")}
 
 
 @dataclass
@@ -56,33 +114,33 @@ def run_name(method: str, seed: int) -> str:
 # ---- planning --------------------------------------------------------------------------------
 def per_step_samples(method: str, overrides: list[str]) -> int:
     """Responses one optimizer step learns from, by the method's config and the overrides."""
-    from lightning_modules.run import parse_config
+    from workflows.train import parse_config
 
     config, _, _, _ = parse_config(["--method", method, *overrides])
     return config.data.batch_size * getattr(config.algo, "samples_per_prompt", 1)
 
 
-def plan(args: argparse.Namespace) -> tuple[list[Task], dict[str, dict]]:
+def plan(settings: CompareSettings) -> tuple[list[Task], dict[str, dict]]:
     """The study's tasks (train and evaluate, with what each waits for) and each run's facts."""
-    out, train, evaluate = Path(args.out), str(ROOT / "scripts" / "train.py"), str(ROOT / "scripts" / "evaluate.py")
+    out, train, evaluate = Path(settings.out), str(ROOT / "scripts" / "train.py"), str(ROOT / "scripts" / "evaluate.py")
     runs = out / "runs"
-    common = ["--runs_dir", str(runs), *args.quick_overrides, *args.train_args]
-    tasks = [Task(WARMUP, [sys.executable, train, "--method", "sft", "--run_name", WARMUP, "--seed", "0", *common, *args.warmup_overrides],
+    common = ["--runs_dir", str(runs), *settings.quick_overrides, *settings.train_args]
+    tasks = [Task(WARMUP, [sys.executable, train, "--method", "sft", "--run_name", WARMUP, "--seed", "0", *common, *settings.warmup_overrides],
                   done=runs / WARMUP / "hf" / "config.json", alone=True)]
-    eval_args = ["--samples", str(args.samples), "--temperature", str(args.temperature), *args.eval_overrides]
+    eval_args = ["--samples", str(settings.samples), "--temperature", str(settings.temperature), *settings.eval_overrides]
     facts: dict[str, dict] = {WARMUP: {"method": "warmup", "seed": 0, "per_step": None}}
     tasks.append(Task(f"eval {WARMUP}", [sys.executable, evaluate, str(runs / WARMUP), *eval_args, "--output", str(out / "eval" / f"{WARMUP}.json")],
                       needs=[WARMUP], done=out / "eval" / f"{WARMUP}.json"))
-    for method in args.methods:
-        overrides = [*common, *args.method_overrides.get(method, [])]
+    for method in settings.methods:
+        overrides = [*common, *settings.method_overrides.get(method, [])]
         if method == "sft":  # continue supervised training from the warm-up, at a lower constant lr
             overrides = ["--config", str(ROOT / "configs" / "sft_continued.yaml"), "--model.name_or_path", str(runs / WARMUP / "hf"), *overrides]
         if method == "rlsc":
             overrides += ["--algo.eval_samples", "0"]  # sampled metrics come from the test evaluation
         per_step = per_step_samples(method, overrides)
-        steps = max(1, args.budget // per_step)
-        val_steps = max(1, min(steps, args.val_every // per_step))
-        for seed in range(args.seeds):
+        steps = max(1, settings.budget // per_step)
+        val_steps = max(1, min(steps, settings.val_every // per_step))
+        for seed in range(settings.seeds):
             name = run_name(method, seed)
             argv = [sys.executable, train, "--method", method, "--seed", str(seed), "--run_name", name, *overrides,
                     "--trainer.max_steps", str(steps), "--trainer.val_every_n_steps", str(val_steps),
@@ -206,12 +264,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarise(args: argparse.Namespace, facts: dict[str, dict]) -> dict:
+def summarise(settings: CompareSettings, facts: dict[str, dict]) -> dict:
     """Everything the table and plots show, from the result files and the runs' event files."""
-    out, runs = Path(args.out), Path(args.out) / "runs"
+    out, runs = Path(settings.out), Path(settings.out) / "runs"
     warmup_eval = read_result(out / "eval" / f"{WARMUP}.json")
     warmup_val = curves(runs / WARMUP, None)["val/accuracy"][-1][1]
-    k = args.samples
+    k = settings.samples
     keys = {"pass@1": "accuracy", f"pass@{k}": f"sampled/pass@{k}", f"maj@{k}": f"sampled/maj@{k}",
             "sampled pass@1": "sampled/pass@1", "response length": "response_length", "seq confidence": "sampled/seq_confidence"}
     rows = {"warmup": {"runs": [WARMUP], **{name: [warmup_eval["metrics"][key]] for name, key in keys.items()}}}
@@ -226,7 +284,7 @@ def summarise(args: argparse.Namespace, facts: dict[str, dict]) -> dict:
             row.setdefault(label, []).append(result["metrics"][key])
         run_curves[name] = curves(runs / name, fact["per_step"])
         row.setdefault("minutes", []).append(run_curves[name]["val/accuracy"][-1][2] / 60)
-        for gain in args.gains:
+        for gain in settings.gains:
             reached = first_reaching(run_curves[name]["val/accuracy"], warmup_val + gain / 100)
             row.setdefault(f"to +{gain:g}", []).append(reached)
     timing = out / "timing.json"
@@ -257,9 +315,9 @@ def _reach(values: list[tuple[float, float] | None]) -> str:
     return f"{samples:,.0f} ({minutes:.1f} min; {len(hits)}/{len(values)})"
 
 
-def table(summary: dict, args: argparse.Namespace) -> str:
-    k = args.samples
-    gains = [f"to +{g:g}" for g in args.gains]
+def table(summary: dict, settings: CompareSettings) -> str:
+    k = settings.samples
+    gains = [f"to +{g:g}" for g in settings.gains]
     header = ["method", "seeds", "pass@1 (greedy)", f"pass@{k}", f"maj@{k}", "sampled pass@1", "response length",
               "seq confidence", *[f"samples {g} pts (time; seeds)" for g in gains], "train min"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -276,25 +334,25 @@ def table(summary: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def efficiency_lines(summary: dict, args: argparse.Namespace) -> list[str]:
+def efficiency_lines(summary: dict, settings: CompareSettings) -> list[str]:
     """CARFT against PPO: samples to each threshold, and the seeds' response-length gain."""
     rows, lines = summary["rows"], []
     if "carft" not in rows or "ppo" not in rows:
         return lines
-    for gain in args.gains:
+    for gain in settings.gains:
         c, p = ([v[0] for v in rows[m][f"to +{gain:g}"] if v is not None] for m in ("carft", "ppo"))
         if c and p:
             lines.append(f"- Samples to +{gain:g} points, CARFT vs PPO: 1 - {statistics.median(c):,.0f} / {statistics.median(p):,.0f} = "
                          f"{100 * (1 - statistics.median(c) / statistics.median(p)):+.1f}% (median over the seeds that reached it).")
         else:
-            lines.append(f"- Samples to +{gain:g} points, CARFT vs PPO: not defined (CARFT reached it in {len(c)}, PPO in {len(p)} of {args.seeds} seeds).")
+            lines.append(f"- Samples to +{gain:g} points, CARFT vs PPO: not defined (CARFT reached it in {len(c)}, PPO in {len(p)} of {settings.seeds} seeds).")
     length = {m: statistics.fmean(rows[m]["response length"]) for m in ("carft", "ppo")}
     lines.append(f"- Response-length efficiency gain (the seeds' definition), CARFT vs PPO: 1 - {length['carft']:.1f} / {length['ppo']:.1f} = "
                  f"{100 * (1 - length['carft'] / length['ppo']):+.1f}%.")
     return lines
 
 
-def plots(summary: dict, out: Path, args: argparse.Namespace) -> list[Path]:
+def plots(summary: dict, out: Path, settings: CompareSettings) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -326,11 +384,11 @@ def plots(summary: dict, out: Path, args: argparse.Namespace) -> list[Path]:
     band(ax, "val/accuracy", 100)
     warm = 100 * summary["warmup_val_accuracy"]
     ax.axhline(warm, color=COLORS["warmup"], ls="--", lw=1, label=f"warm-up ({warm:.1f})")
-    for gain in args.gains:
+    for gain in settings.gains:
         ax.axhline(warm + gain, color=COLORS["warmup"], ls=":", lw=0.8)
         ax.text(ax.get_xlim()[0], warm + gain, f" +{gain:g}", va="bottom", fontsize=8, color=COLORS["warmup"])
     ax.set(xlabel="responses learned from (thousands)", ylabel=f"greedy accuracy, % ({summary['val_questions']} validation questions)",
-           title=f"Held-out accuracy during training (mean; band: min-max over {args.seeds} seeds)")
+           title=f"Held-out accuracy during training (mean; band: min-max over {settings.seeds} seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
@@ -350,7 +408,7 @@ def plots(summary: dict, out: Path, args: argparse.Namespace) -> list[Path]:
     labels = [lab for ax in axes.flat for lab in ax.get_legend_handles_labels()[1]]
     unique = dict(zip(labels, handles))
     fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=len(unique), fontsize=9)
-    fig.suptitle(f"Training curves (mean; band: min-max over {args.seeds} seeds)")
+    fig.suptitle(f"Training curves (mean; band: min-max over {settings.seeds} seeds)")
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     written.append(out / "training.png")
     fig.savefig(written[-1])
@@ -358,28 +416,28 @@ def plots(summary: dict, out: Path, args: argparse.Namespace) -> list[Path]:
     return written
 
 
-def write_report(summary: dict, args: argparse.Namespace, argv: list[str], minutes: float) -> Path:
-    out = Path(args.out)
-    images = plots(summary, out, args)
-    k = args.samples
+def write_report(summary: dict, settings: CompareSettings, argv: list[str], minutes: float) -> Path:
+    out = Path(settings.out)
+    images = plots(summary, out, settings)
+    k = settings.samples
     lines = [
         "# Comparison study",
         "",
         f"Command: `python scripts/compare.py {shlex.join(argv)}`",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {_torch_version()}; "
-        f"{args.jobs} jobs at a time. The runs and evaluations took {sum(summary['seconds'].values()) / 60:.0f} min of wall time "
+        f"{settings.jobs} jobs at a time. The runs and evaluations took {sum(summary['seconds'].values()) / 60:.0f} min of wall time "
         f"summed over tasks (`timing.json`); this invocation took {minutes:.1f} min.",
         "",
-        f"Every run starts from the same SFT warm-up and learns from {args.budget:,} responses (matched budget: sampled responses for "
+        f"Every run starts from the same SFT warm-up and learns from {settings.budget:,} responses (matched budget: sampled responses for "
         f"the RL methods, annotated targets for SFT-continued). Test split: {_questions(out)} questions; "
         f"pass@1 is greedy; pass@{k}, maj@{k}, sampled pass@1 and sequence confidence come from {k} samples per question at temperature "
-        f"{args.temperature:g}. Mean ± standard deviation over seeds (percent). \"Samples to +N pts\": responses learned from at the first "
-        f"in-run validation (greedy, {summary['val_questions']} validation questions, every {args.val_every:,} responses) at or above the warm-up's "
+        f"{settings.temperature:g}. Mean ± standard deviation over seeds (percent). \"Samples to +N pts\": responses learned from at the first "
+        f"in-run validation (greedy, {summary['val_questions']} validation questions, every {settings.val_every:,} responses) at or above the warm-up's "
         f"{100 * summary['warmup_val_accuracy']:.1f}% + N points; median over the seeds that reached it.",
         "",
-        table(summary, args),
+        table(summary, settings),
         "",
-        *efficiency_lines(summary, args),
+        *efficiency_lines(summary, settings),
         "",
         *[f"![{p.stem}]({p.name})" for p in images],
         "",
@@ -410,63 +468,52 @@ QUICK_OVERRIDES = [  # a study in about a minute: the smallest model and data th
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="compare.py",
-        description="Train the warm-up once, then every method from it for several seeds with matched budgets; "
-        "evaluate each on the test split; write a table, plots and every command to --out. "
-        "Arguments after -- go to every scripts/train.py run.",
-    )
-    parser.add_argument("--out", default="results/study", help="results folder (default: results/study); re-running continues it")
-    parser.add_argument("--methods", nargs="+", default=list(LABELS), choices=list(LABELS), help="sft means SFT continued from the warm-up")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
-    parser.add_argument("--budget", type=int, default=6400, help="responses each run learns from (default: 6400 = 100 RL steps of 64)")
-    parser.add_argument("--val_every", type=int, default=640, help="responses between in-run validations (default: 640)")
-    parser.add_argument("--samples", type=int, default=8, help="samples per test question for pass@k and maj@k (default: 8)")
-    parser.add_argument("--temperature", type=float, default=0.7, help="their temperature (default: 0.7, the RL runs' sampling temperature)")
-    parser.add_argument("--gains", type=float, nargs="+", default=[2.0, 5.0], help="accuracy thresholds above the warm-up, in points (default: 2 5)")
-    parser.add_argument("--jobs", type=int, default=2, help="processes at a time, sharing the CPU cores (default: 2)")
-    parser.add_argument("--quick", action="store_true", help="a tiny model, one seed and a handful of steps: checks the machinery, not the methods")
+def bare_flag(parser: ArgumentParser, option: str) -> None:
+    """Let the ``bool`` option stand alone: ``--quick`` means ``--quick true``."""
+    action = parser._option_string_actions[option]
+    action.nargs, action.const = "?", True
+
+
+DESCRIPTION = ("Train the warm-up once, then every method from it for several seeds with matched budgets; "
+               "evaluate each on the test split; write a table, plots and every command to --out. "
+               "Arguments after -- go to every scripts/train.py run.")
+
+
+def build_parser() -> ArgumentParser:
+    parser = settings_parser("compare.py", DESCRIPTION, CompareSettings)
+    bare_flag(parser, "--quick")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    return run_main(lambda: study(argv))
+
+
+def study(argv: list[str]) -> int:
     ours, train_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
-    args = build_parser().parse_args(ours)
-    args.train_args = train_args
-    for name in ("seeds", "budget", "val_every", "samples", "jobs"):
-        if getattr(args, name) < 1:
-            print(f"error: --{name} must be at least 1, got {getattr(args, name)}", file=sys.stderr)
-            return 2
-    if args.samples < 2:
-        print("error: --samples must be at least 2 for pass@k and maj@k", file=sys.stderr)
-        return 2
-    args.quick_overrides, args.warmup_overrides, args.method_overrides, args.eval_overrides = [], [], {}, []
-    if args.quick:
-        args.seeds, args.budget, args.val_every, args.samples = 1, 8, 4, 2
-        args.quick_overrides = QUICK_OVERRIDES
-        args.warmup_overrides = ["--trainer.max_steps", "4", "--trainer.val_every_n_steps", "2", "--data.batch_size", "4"]
-        args.method_overrides = {m: ["--data.batch_size", "2"] for m in LABELS} | {
-            m: ["--data.batch_size", "2", "--algo.samples_per_prompt", "2"] for m in ("grpo", "rlsc")}
-    out = Path(args.out)
+    settings, _ = parse(build_parser(), ours, CompareSettings)
+    settings.train_args = train_args
+    settings.validate()
+    if settings.quick:
+        settings.apply_quick()
+    out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        tasks, facts = plan(args)
+        tasks, facts = plan(settings)
     except Exception as error:  # a bad pass-through argument: the training parser's sentence
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from None
     (out / "commands.sh").write_text("#!/usr/bin/env bash\n# Every run and evaluation of this study, in order.\nset -e\n"
                                      + "".join(f"{shlex.join(t.argv)}\n" for t in tasks))
-    execute(tasks, out, args.jobs)
+    execute(tasks, out, settings.jobs)
     failed = [t.name for t in tasks if t.status in ("failed", "skipped")]
     if failed:
         print(f"error: {len(failed)} tasks did not finish ({', '.join(failed)}); logs are in {out / 'logs'}. "
               f"Run the same command again to continue.", file=sys.stderr)
         return 1
-    summary = summarise(args, facts)
-    report = write_report(summary, args, argv, (time.perf_counter() - started) / 60)
+    summary = summarise(settings, facts)
+    report = write_report(summary, settings, argv, (time.perf_counter() - started) / 60)
     print(report.read_text())
     print(f"Written to {report}")
     return 0

@@ -1,0 +1,141 @@
+"""Generation: batched sampling with a KV cache, response masks, decoding, and the logits that score a response."""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+
+def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 on generated tokens up to and including the first EOS, 0 after it (padding)."""
+    is_eos = (response_ids == eos_token_id).long()
+    eos_before = is_eos.cumsum(-1) - is_eos
+    return (eos_before == 0).long()
+
+
+@torch.no_grad()
+def generate(
+    lm,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    tokenizer: PreTrainedTokenizerBase,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    sampler: str = "static_cache",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Responses ``[B, T]`` for left-padded prompts, and their mask (EOS included).
+
+    ``static_cache`` is the loop of :func:`sample_with_static_cache`; ``hf_generate`` is
+    Hugging Face's ``generate`` (for a model whose code cannot use a static cache). Both
+    draw alike: the same filtered distribution, one ``torch.multinomial`` per token.
+    """
+    if sampler == "static_cache":
+        responses = sample_with_static_cache(
+            lm, prompt_ids, prompt_mask, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
+            do_sample, temperature, top_k, top_p,
+        )
+    else:
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {"do_sample": False}
+        sequences = lm.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            use_cache=True,
+            **sampling,
+        )
+        responses = sequences[:, prompt_ids.size(1) :]
+    return responses, response_mask(responses, tokenizer.eos_token_id)
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Temperature, then top-k, then nucleus filtering, in the order and with the ties of
+    Hugging Face's logits warpers (the most likely token always survives)."""
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        ascending, order = torch.sort(logits, descending=False)
+        remove = ascending.softmax(-1).cumsum(-1) <= 1 - top_p
+        remove[:, -1] = False
+        logits = logits.masked_fill(remove.scatter(1, order, remove), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample_with_static_cache(
+    lm,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    check_every: int = 8,
+) -> torch.Tensor:
+    """Sample up to ``max_new_tokens`` for every left-padded prompt; ``[B, T]``, padded after EOS.
+
+    Keys and values go into a cache allocated once for the whole length (no concatenation
+    per token; not under autocast, see below), each step feeds one token per row, and
+    whether every row has finished is read back only every ``check_every`` tokens (one host
+    sync there, none otherwise).
+    """
+    from transformers import DynamicCache, StaticCache
+
+    rows, prompt_length = prompt_ids.shape
+    device = prompt_ids.device
+    if torch.is_autocast_enabled(device.type):
+        # Under autocast (bf16-mixed) keys leave the rotary embedding in fp32 and values stay in
+        # bf16, which one preallocated buffer per layer cannot hold: a growing cache is used.
+        cache = DynamicCache(config=lm.config)
+    else:
+        cache = StaticCache(config=lm.config, max_cache_len=prompt_length + max_new_tokens)
+    mask = torch.cat([prompt_mask, prompt_mask.new_ones(rows, max_new_tokens)], dim=1)
+    positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = lm(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, past_key_values=cache, use_cache=True,
+             cache_position=torch.arange(prompt_length, device=device), logits_to_keep=1)
+    position = positions[:, -1:]
+    tokens = prompt_ids.new_full((rows, max_new_tokens), pad_token_id)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    for t in range(max_new_tokens):
+        logits = out.logits[:, -1]
+        if do_sample:
+            token = torch.multinomial(filter_logits(logits, temperature, top_k, top_p).softmax(-1), 1).squeeze(1)
+        else:
+            token = logits.argmax(-1)
+        token = token.masked_fill(finished, pad_token_id)
+        tokens[:, t] = token
+        finished |= token == eos_token_id
+        if (t + 1) % check_every == 0 and bool(finished.all()):
+            break
+        if t + 1 < max_new_tokens:
+            position = position + 1
+            out = lm(input_ids=token[:, None], attention_mask=mask[:, : prompt_length + t + 1], position_ids=position,
+                     past_key_values=cache, use_cache=True, cache_position=torch.tensor([prompt_length + t], device=device))
+    longest = int(response_mask(tokens, eos_token_id).sum(-1).max())  # as long as the longest response, like generate
+    return tokens[:, :longest]
+
+
+def response_logits(
+    policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, hidden: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits ``[N, T, V]`` that score the last ``response_length`` tokens of ``input_ids``
+    (``logits[:, t]`` scores response token t) and, if asked, the hidden states they come from,
+    ``[N, T, H]``. Only those positions go through the vocabulary projection."""
+    logits, states = policy(input_ids, attention_mask, return_hidden=hidden, logits_to_keep=response_length + 1)
+    logits = logits[:, :-1]
+    if states is not None:
+        states = states[:, -response_length - 1 : -1]
+    return logits, states
+
+
+def decode(tokenizer: PreTrainedTokenizerBase, response_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    return [tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(response_ids, mask)]

@@ -1,0 +1,48 @@
+"""The math of every method as pure functions of tensors: no model, trainer or I/O, and no
+import but torch. One module per paper (``ppo``, ``carft``, ``grpo``, ``rlsc``, ``sft``) and
+the pieces they share (``common``); docs/METHODS.md gives every equation. Each function is
+tested against hand-worked numbers or a naive loop (``tests/test_*losses.py``).
+
+Every name is importable from here, ``from lightning_modules.losses import gae``. The rule
+reward and the majority vote work on extracted answers, not tensors, and live beside the
+answer checker in :mod:`datamodules.answers`; they are re-exported here for code written
+against that import path.
+"""
+
+from datamodules.answers import majority_agreement, majority_answer, rule_reward
+from lightning_modules.losses.carft import (
+    carft_negative_loss,
+    carft_positive_loss,
+    lcs_masks,
+    lcs_masks_batch,
+    pairwise_cos,
+    partial_reward,
+    pool_cot,
+    representation_mse,
+    supcon_loss,
+    triplet_loss,
+)
+from lightning_modules.losses.common import (
+    aggregate_loss,
+    clipped_surrogate,
+    entropy_from_logits,
+    kl_k1,
+    kl_k3,
+    masked_mean,
+    reinforce_loss,
+    sequence_logp,
+    token_logprobs,
+)
+from lightning_modules.losses.grpo import grpo_advantages
+from lightning_modules.losses.ppo import explained_variance, gae, last_token_rewards, ppo_policy_loss, ppo_value_loss, whiten
+from lightning_modules.losses.rlsc import agreement_confidence, rlsc_loss, token_confidence
+from lightning_modules.losses.sft import sft_loss
+
+__all__ = [
+    "aggregate_loss", "agreement_confidence", "carft_negative_loss", "carft_positive_loss", "clipped_surrogate",
+    "entropy_from_logits", "explained_variance", "gae", "grpo_advantages", "kl_k1", "kl_k3", "last_token_rewards",
+    "lcs_masks", "lcs_masks_batch", "majority_agreement", "majority_answer", "masked_mean", "pairwise_cos",
+    "partial_reward", "pool_cot", "ppo_policy_loss", "ppo_value_loss", "reinforce_loss", "representation_mse",
+    "rlsc_loss", "rule_reward", "sequence_logp", "sft_loss", "supcon_loss", "token_confidence", "token_logprobs",
+    "triplet_loss", "whiten",
+]

@@ -1,0 +1,135 @@
+"""Rewards as parts: small callables a method is given, from a rollout to one reward per response.
+
+A reward part is called as ``reward(rollout, signals)`` and returns :class:`Rewards` (the
+values and the metrics it wants logged). ``uses_labels`` says whether it reads the gold
+answers; a label-free method refuses one that does, and its rollouts carry no answers
+anyway. The parts here:
+
+- :class:`RuleReward`: ReFT's 1 / 0.1 / 0 against the gold answer (docs/METHODS.md section 0);
+- :class:`PartialReward`: CARFT's embedding-enhanced reward for wrong answers (section 3);
+- :class:`MajorityVoteReward`: 1 if the answer is its group's majority answer (TTRL, section 6);
+- :class:`ConfidenceReward`: RLSC's confidence exp(s_k), optionally only for majority answers (section 4);
+- :class:`FunctionReward`: any function named on the command line as ``package.module:function``.
+
+A user function takes the :class:`~lightning_modules.rollout.Rollout` (``texts``,
+``predictions``, ``answer`` when labeled, ``question``, ``group``) and returns one float per
+response (a list or a tensor), or a pair ``(rewards, metrics)`` with a dict of scalars.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from datamodules.answers import majority_agreement, rule_reward
+from datamodules.config import ConfigError
+from lightning_modules.losses import partial_reward
+from lightning_modules.rollout import Rewards, Rollout, Signals
+
+
+@dataclass
+class RuleReward:
+    """1.0 for a correct answer, 0.1 for a wrong one, 0.0 for none (ReFT / CARFT)."""
+
+    uses_labels: bool = field(default=True, init=False)
+
+    def __call__(self, rollout: Rollout, signals: Signals) -> Rewards:
+        gold = rollout.answer.tolist()
+        values = [rule_reward(p, g) for p, g in zip(rollout.predictions, gold)]
+        return Rewards(torch.tensor(values, device=rollout.response_ids.device), {})
+
+
+@dataclass
+class PartialReward:
+    """CARFT: a wrong but parsed answer (rule reward 0.1) earns ``0.1 * cos(z_ann, z) + 0.2``."""
+
+    base: RuleReward = field(default_factory=RuleReward)
+    uses_labels: bool = field(default=True, init=False)
+
+    def __call__(self, rollout: Rollout, signals: Signals) -> Rewards:
+        if signals.cos_annotated is None:
+            raise ValueError("the partial reward needs each response's cosine to its annotated CoT (Signals.cos_annotated)")
+        rule = self.base(rollout, signals)
+        enhanced = partial_reward(rule.values, signals.cos_annotated)
+        return Rewards(enhanced, {**rule.metrics, "partial_rewards_changed": (enhanced != rule.values).sum().float()})
+
+
+@dataclass
+class MajorityVoteReward:
+    """Label-free (TTRL): 1 if the response's answer agrees with its group's majority answer, else 0."""
+
+    uses_labels: bool = field(default=False, init=False)
+
+    def __call__(self, rollout: Rollout, signals: Signals) -> Rewards:
+        agrees, shares = majority_agreement(rollout.predictions, rollout.group)
+        values = torch.tensor([float(a) for a in agrees], device=rollout.response_ids.device)
+        return Rewards(values, {"majority_share": torch.tensor(shares).mean()})
+
+
+@dataclass
+class ConfidenceReward:
+    """Label-free (RLSC's seed trainer): the sequence confidence exp(s_k); with ``majority_only``,
+    0 unless the answer is its group's majority answer; ``format_bonus`` is added if an answer
+    parses and subtracted if not."""
+
+    majority_only: bool = False
+    format_bonus: float = 0.0
+    uses_labels: bool = field(default=False, init=False)
+
+    def __call__(self, rollout: Rollout, signals: Signals) -> Rewards:
+        if signals.seq_logp is None:
+            raise ValueError("the confidence reward needs each response's summed log-prob (Signals.seq_logp)")
+        values = signals.seq_logp.exp()
+        if self.majority_only:
+            agrees, _ = majority_agreement(rollout.predictions, rollout.group)
+            values = values * torch.tensor(agrees, device=values.device, dtype=values.dtype)
+        if self.format_bonus:
+            parsed = torch.tensor([p is not None for p in rollout.predictions], device=values.device, dtype=values.dtype)
+            values = values + self.format_bonus * (2 * parsed - 1)
+        return Rewards(values, {})
+
+
+@dataclass
+class FunctionReward:
+    """A user's function of the rollout (see the module docstring), named ``package.module:function``."""
+
+    function: Callable
+    name: str
+    uses_labels: bool = False
+    """Whether the function may read gold answers; a label-free method hands it none either way."""
+
+    def __call__(self, rollout: Rollout, signals: Signals) -> Rewards:
+        out = self.function(rollout)
+        values, metrics = out if isinstance(out, tuple) else (out, {})
+        device = rollout.response_ids.device
+        values = torch.as_tensor(values, dtype=torch.float32).to(device).reshape(-1)
+        if values.numel() != len(rollout):
+            raise ValueError(f"reward function {self.name} returned {values.numel()} rewards for {len(rollout)} responses")
+        if not torch.isfinite(values).all():
+            raise ValueError(f"reward function {self.name} returned a non-finite reward")
+        return Rewards(values, {k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()})
+
+
+def is_function_spec(spec: str) -> bool:
+    return ":" in spec
+
+
+def load_function_reward(spec: str, uses_labels: bool) -> FunctionReward:
+    """``package.module:function`` as a reward part; one sentence if it cannot be found."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"algo.reward {spec!r} names no importable function ({type(error).__name__}: {error})") from None
+    if not callable(function):
+        raise ConfigError(f"algo.reward {spec!r} is not callable")
+    return FunctionReward(function, spec, uses_labels)
+
+
+def check_reward_name(spec: str, offered: tuple[str, ...]) -> None:
+    """Refuse a reward that is neither one of ``offered`` nor a ``package.module:function``."""
+    if spec not in offered and not is_function_spec(spec):
+        raise ConfigError(f"algo.reward must be one of {', '.join(offered)} or package.module:function, got {spec!r}")
