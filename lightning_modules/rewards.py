@@ -130,6 +130,8 @@ def load_function_reward(spec: str, uses_labels: bool) -> FunctionReward:
 
 
 def check_reward_name(spec: str, offered: tuple[str, ...]) -> None:
-    """Refuse a reward that is neither one of ``offered`` nor a ``package.module:function``."""
-    if spec not in offered and not is_function_spec(spec):
+    """Refuse a reward that is neither one of ``offered`` nor an importable ``package.module:function``."""
+    if is_function_spec(spec):
+        load_function_reward(spec, uses_labels=False)
+    elif spec not in offered:
         raise ConfigError(f"algo.reward must be one of {', '.join(offered)} or package.module:function, got {spec!r}")

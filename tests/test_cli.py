@@ -51,3 +51,33 @@ def test_print_config_shows_the_whole_run(capsys, tiny_args):
     out = capsys.readouterr().out
     for key in ("method: sft", "lr: 0.01", "name_or_path: embedded", "max_steps:", "synthetic:", "precision:"):
         assert key in out
+
+
+def test_help_without_a_method_lists_the_methods_and_the_shared_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    assert "sft, ppo, carft, grpo, rlsc" in out and "--trainer.max_steps" in out and "--algo." not in out
+    with pytest.raises(SystemExit) as exit_:
+        main(["--method", "carft", "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "--algo.lambda_cl" in out
+    assert "Weight of the contrastive loss" in out, "field docstrings are the help"
+
+
+@pytest.mark.parametrize("workflow", ["evaluate", "compare", "benchmark"])
+def test_every_workflow_shares_the_cli_style(capsys, workflow, tmp_path):
+    import importlib
+
+    module = importlib.import_module(f"workflows.{workflow}")
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "--config" in out and "--print_config" in out
+    config = tmp_path / "settings.yaml"
+    config.write_text("seed: x\n" if workflow == "evaluate" else "no_such_option: 1\n")
+    argv = (["embedded"] if workflow == "evaluate" else []) + ["--config", str(config)]
+    assert module.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err

@@ -1,6 +1,7 @@
 """PPO and CARFT end to end on the tiny embedded model: updates, logging, checkpoints, resume."""
 
 import math
+import shutil
 
 import lightning as L
 import pytest
@@ -123,6 +124,31 @@ def test_warmup_run_is_trained_once_and_reused(tiny_args, tmp_path, capsys, monk
     first, second = (checkpoint_state(tmp_path / "runs" / name / "checkpoints" / "last.ckpt") for name in ("rl", "rl2"))
     for name in first:
         torch.testing.assert_close(second[name], first[name], rtol=0, atol=0, msg=f"{name}: training the warm-up first changed the run")
+
+
+def test_a_finished_sft_run_with_the_warmups_settings_serves_as_the_warmup(tiny_args, tmp_path, capsys, monkeypatch):
+    """`--method sft` then an RL method: the warm-up is not trained a second time."""
+    from workflows import train as run
+
+    parse = run.parse_config
+    short = ["--trainer.max_steps", "2", "--trainer.val_every_n_steps", "2", "--trainer.max_new_tokens", "16"]
+    monkeypatch.setattr(run, "parse_config", lambda argv: parse([*argv, *short]))
+    sft_argv = ["--method", "sft", "--run_name", "my-sft", *tiny_args]
+    assert run.main(sft_argv) == 0
+    sft_export = tmp_path / "runs" / "my-sft" / "hf"
+    stamp = (sft_export / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    argv = ["--method", "grpo", "--run_name", "rl", "--trainer.max_steps", "1", *RL_ARGS, *tiny_args, "--warmup_run", "sft-warmup"]
+    train(parse(argv)[0])
+    err = capsys.readouterr().err
+    assert "serves as sft-warmup" in err and "training it first" not in err
+    assert not (tmp_path / "runs" / "sft-warmup").exists()
+    assert (sft_export / "model.safetensors").stat().st_mtime_ns == stamp
+    # A run with other SFT settings is not taken for the warm-up.
+    assert run.main([*sft_argv[:3], "other-sft", *sft_argv[4:], "--optim.lr", "0.5"]) == 0
+    shutil.rmtree(tmp_path / "runs" / "my-sft")
+    train(parse([*argv[:3], "rl2", *argv[4:]])[0])
+    assert "training it first" in capsys.readouterr().err
 
 
 def test_unfinished_warmup_run_is_reported_not_overwritten(tiny_args, tmp_path):

@@ -19,7 +19,6 @@ size), ``max_new_tokens``, ``width`` (hidden size of the embedded model, MLP 4x)
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -32,6 +31,11 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
+
+from jsonargparse import SUPPRESS, ArgumentParser
+
+from workflows.cli import UsageError, parse, run_main, settings_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD_NAMES = ("sft", "ppo", "carft", "grpo", "rlsc")
@@ -39,8 +43,67 @@ SWEEPABLE = ("samples", "max_new_tokens", "width", "batch_size")
 SCHEMA = "reasoning-rl/benchmark/v1"
 
 
-class BenchmarkError(Exception):
+class BenchmarkError(UsageError):
     """A request the benchmark cannot run; the message is one sentence."""
+
+
+@dataclass
+class BenchmarkSettings:
+    """What is measured (the options of scripts/benchmark.py)."""
+
+    methods: str = ",".join(METHOD_NAMES)
+    """Comma-separated methods to measure; the default is all five."""
+    trl: bool = False
+    """Also run TRL's GRPOTrainer on the same GRPO work, alternating with ours; off by default, as it needs pip install -e ".[bench]"."""
+    model: str = "embedded"
+    """'embedded' (built from --width and --layers) or a model folder / hub id; the default is the project's own tiny model."""
+    width: int = 96
+    """Hidden size of the embedded model (MLP is 4x); the default is the embedded model's own."""
+    layers: int = 3
+    """Layers of the embedded model; the default is the embedded model's own."""
+    batch_size: int = 8
+    """Questions per step; the default is configs/grpo.yaml's."""
+    samples: int = 8
+    """Samples per question (SFT: batch_size x samples targets per step); the default is configs/grpo.yaml's group size."""
+    max_new_tokens: int = 100
+    """Response length limit; the default is the embedded configs' limit."""
+    temperature: float = 0.7
+    """Sampling temperature; the default is the RL configs'."""
+    lr: float = 1e-4
+    """Learning rate (ours and TRL's); the default is configs/grpo.yaml's."""
+    steps: int = 5
+    """Measured steps per process; the default, with 2 warm-up steps, is what docs/PERFORMANCE.md reports."""
+    warmup_steps: int = 2
+    """Steps run first and not measured; the default leaves the first steps' allocation and set-up out."""
+    rounds: int = 1
+    """Processes per case; with --trl they alternate, ours then TRL's. The default is one process per case."""
+    sweep: str | None = None
+    """KEY=V1,V2,... with KEY one of samples, max_new_tokens, width, batch_size: one measurement per value; none by default."""
+    accelerator: Literal["cpu", "gpu", "cuda", "auto"] = "cpu"
+    """Where the steps run (trainer.accelerator); the default is cpu, the machine docs/PERFORMANCE.md measures on."""
+    precision: Literal["32", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"] = "32"
+    """Compute precision (trainer.precision; TRL uses bf16 for the bf16 ones); the default is full precision, as on a CPU."""
+    cache_dir: str = ".cache"
+    """Where embedded models are built (model.cache_dir); the default is the training runs' cache."""
+    out: str = "results/benchmark.json"
+    """Where the JSON is written; the logs go to the folder of the same name. The default keeps it under results/."""
+    extra: list[str] = field(default_factory=list, init=False)
+    """Options after --: overrides passed to our runs, e.g. -- --model.gradient_checkpointing true."""
+
+    def validate(self) -> None:
+        methods = [m for m in self.methods.split(",") if m]
+        unknown = [m for m in methods if m not in METHOD_NAMES]
+        if unknown:
+            raise BenchmarkError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHOD_NAMES)}")
+        for name in ("width", "layers", "batch_size", "samples", "max_new_tokens", "steps", "rounds"):
+            if getattr(self, name) <= 0:
+                raise BenchmarkError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise BenchmarkError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.trl:
+            if importlib.util.find_spec("trl") is None:
+                raise BenchmarkError('--trl needs TRL: pip install -e ".[bench]"')
+        parse_sweep(self.sweep)
 
 
 @dataclass
@@ -284,33 +347,17 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="benchmark.py",
-        description="Seconds per optimizer step of each method (generation / scoring / update), tokens per second and peak memory; "
-        "--trl adds TRL's GRPOTrainer on identical GRPO work and prints the throughput ratio.",
-    )
-    parser.add_argument("--methods", default=",".join(METHOD_NAMES), help="comma-separated methods to measure (default: all five)")
-    parser.add_argument("--trl", action="store_true", help="also run TRL's GRPOTrainer on the same GRPO work, alternating with ours")
-    parser.add_argument("--model", default="embedded", help="'embedded' (built from --width/--layers) or a model folder / hub id")
-    parser.add_argument("--width", type=int, default=96, help="hidden size of the embedded model (MLP is 4x)")
-    parser.add_argument("--layers", type=int, default=3, help="layers of the embedded model")
-    parser.add_argument("--batch_size", type=int, default=8, help="questions per step")
-    parser.add_argument("--samples", type=int, default=8, help="samples per question (SFT: batch_size x samples targets per step)")
-    parser.add_argument("--max_new_tokens", type=int, default=100, help="response length limit")
-    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
-    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate (ours and TRL's)")
-    parser.add_argument("--steps", type=int, default=5, help="measured steps per process")
-    parser.add_argument("--warmup_steps", type=int, default=2, help="steps run first and not measured")
-    parser.add_argument("--rounds", type=int, default=1, help="processes per case; with --trl they alternate, ours then TRL's")
-    parser.add_argument("--sweep", default=None, help=f"KEY=V1,V2,... with KEY one of {', '.join(SWEEPABLE)}")
-    parser.add_argument("--accelerator", default="cpu", help="cpu or gpu")
-    parser.add_argument("--precision", default="32", help="32, bf16-mixed or bf16-true")
-    parser.add_argument("--cache_dir", default=".cache", help="where embedded models are built (model.cache_dir)")
-    parser.add_argument("--out", default="results/benchmark.json", help="where the JSON is written")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
-    parser.add_argument("extra", nargs="*", help="after --: overrides passed to our runs, e.g. -- --model.gradient_checkpointing true")
+DESCRIPTION = ("Seconds per optimizer step of each method (generation / scoring / update), tokens per second and peak memory; "
+               "--trl adds TRL's GRPOTrainer on identical GRPO work and prints the throughput ratio. "
+               "Arguments after -- are overrides passed to our runs, e.g. -- --model.gradient_checkpointing true.")
+
+
+def build_parser() -> ArgumentParser:
+    parser = settings_parser("benchmark.py", DESCRIPTION, BenchmarkSettings)
+    action = parser._option_string_actions["--trl"]
+    action.nargs, action.const = "?", True  # a bare --trl means --trl true
+    parser.add_argument("--worker", help=SUPPRESS)  # the measurement subprocess: a Case as JSON
+    parser.add_argument("--result", help=SUPPRESS)  # where the worker writes what it measured
     return parser
 
 
@@ -330,58 +377,52 @@ def parse_sweep(text: str | None) -> tuple[str | None, list[int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.worker:
-        worker(args.worker, args.result)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_main(lambda: command(argv))
+
+
+def command(argv: list[str]) -> int:
+    ours, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    settings, hidden = parse(build_parser(), ours, BenchmarkSettings)
+    if hidden["worker"]:
+        worker(hidden["worker"], hidden["result"])
         return 0
-    try:
-        return benchmark(args, argv)
-    except BenchmarkError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    settings.extra = extra
+    settings.validate()
+    return benchmark(settings, argv)
 
 
-def benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in methods if m not in METHOD_NAMES]
-    if unknown:
-        raise BenchmarkError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHOD_NAMES)}")
-    for name in ("width", "layers", "batch_size", "samples", "max_new_tokens", "steps", "rounds"):
-        if getattr(args, name) <= 0:
-            raise BenchmarkError(f"--{name} must be positive, got {getattr(args, name)}")
-    if args.warmup_steps < 0:
-        raise BenchmarkError(f"--warmup_steps must be >= 0, got {args.warmup_steps}")
-    if args.trl:
-        if importlib.util.find_spec("trl") is None:
-            raise BenchmarkError('--trl needs TRL: pip install -e ".[bench]"')
-    key, values = parse_sweep(args.sweep)
-    base = Case("ours", "grpo", args.batch_size, args.samples, args.max_new_tokens, args.width, args.layers, args.model,
-                args.temperature, args.lr, args.steps, args.warmup_steps, args.accelerator, args.precision, args.cache_dir, extra=args.extra)
+def benchmark(settings: BenchmarkSettings, argv: list[str]) -> int:
+    methods = [m for m in settings.methods.split(",") if m]
+    key, values = parse_sweep(settings.sweep)
+    base = Case("ours", "grpo", settings.batch_size, settings.samples, settings.max_new_tokens, settings.width, settings.layers, settings.model,
+                settings.temperature, settings.lr, settings.steps, settings.warmup_steps, settings.accelerator, settings.precision,
+                settings.cache_dir, extra=settings.extra)
     sizes = [replace(base, **{key: v}) for v in values] if key else [base]
 
-    out = Path(args.out)
+    out = Path(settings.out)
     logs = out.with_suffix("")  # results/benchmark/ beside results/benchmark.json
     rows = []
     started = time.perf_counter()
     for size in sizes:
         cases = [replace(size, method=m) for m in methods]
-        if args.trl:
+        if settings.trl:
             cases += [replace(size, method="grpo", matched_trl=True), replace(size, engine="trl", method="grpo")]
         runs: dict[int, list[dict]] = {i: [] for i in range(len(cases))}
-        for round_ in range(args.rounds):
+        for round_ in range(settings.rounds):
             for i, case in enumerate(cases):
-                print(f"[{time.perf_counter() - started:6.0f} s] round {round_ + 1}/{args.rounds}: {case.label} "
+                print(f"[{time.perf_counter() - started:6.0f} s] round {round_ + 1}/{settings.rounds}: {case.label} "
                       f"(batch {case.batch_size} x {case.samples}, {case.max_new_tokens} new tokens, width {case.width})", file=sys.stderr)
                 runs[i].append(run_case(case, logs))
         rows += [summarise(case, runs[i]) for i, case in enumerate(cases)]
 
-    result = {"schema": SCHEMA, "command": " ".join(["python scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
+    result = {"schema": SCHEMA, "command": " ".join(["python scripts/benchmark.py", *argv]),
               "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                           "torch_threads": _torch_threads()},
-              "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "result")},
+              "settings": asdict(settings),
               "seconds": time.perf_counter() - started, "results": rows}
     print(table(rows))
-    if args.trl:
+    if settings.trl:
         result["trl_ratio"] = [trl_ratio(ours, trl) for ours, trl in zip(rows, rows[1:]) if trl["engine"] == "trl"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
