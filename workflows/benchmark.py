@@ -353,9 +353,7 @@ DESCRIPTION = ("Seconds per optimizer step of each method (generation / scoring 
 
 
 def build_parser() -> ArgumentParser:
-    parser = settings_parser("benchmark.py", DESCRIPTION, BenchmarkSettings)
-    action = parser._option_string_actions["--trl"]
-    action.nargs, action.const = "?", True  # a bare --trl means --trl true
+    parser = settings_parser("benchmark.py", DESCRIPTION, BenchmarkSettings, bare_flags=("trl",))
     parser.add_argument("--worker", help=SUPPRESS)  # the measurement subprocess: a Case as JSON
     parser.add_argument("--result", help=SUPPRESS)  # where the worker writes what it measured
     return parser

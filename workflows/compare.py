@@ -468,20 +468,13 @@ QUICK_OVERRIDES = [  # a study in about a minute: the smallest model and data th
 ]
 
 
-def bare_flag(parser: ArgumentParser, option: str) -> None:
-    """Let the ``bool`` option stand alone: ``--quick`` means ``--quick true``."""
-    action = parser._option_string_actions[option]
-    action.nargs, action.const = "?", True
-
-
 DESCRIPTION = ("Train the warm-up once, then every method from it for several seeds with matched budgets; "
                "evaluate each on the test split; write a table, plots and every command to --out. "
                "Arguments after -- go to every scripts/train.py run.")
 
 
 def build_parser() -> ArgumentParser:
-    parser = settings_parser("compare.py", DESCRIPTION, CompareSettings)
-    bare_flag(parser, "--quick")
+    parser = settings_parser("compare.py", DESCRIPTION, CompareSettings, bare_flags=("quick",))
     return parser
 
 
