@@ -1,4 +1,5 @@
-"""What learns: the policy wrapper, the pure math, and one LightningModule per method.
+"""What learns: one LightningModule per method, the policy and its heads, the typed rollout
+records, the reward parts, the evaluation engine, and the math as pure functions (``losses``).
 
 A new method joins with one class here and one ``configs/<method>.yaml``.
 """
