@@ -23,6 +23,7 @@ from lightning_modules.losses import (
     carft_positive_loss,
     lcs_masks_batch,
     masked_mean,
+    negative_rows,
     pool_cot,
     reinforce_loss,
     representation_mse,
@@ -101,7 +102,11 @@ class ContrastTargets(Rows):
     z_unmatched_annotated: torch.Tensor
     """[N, d] z1: the annotated tokens outside that LCS, pooled."""
     negative_valid: torch.Tensor
-    """[N] bool, incorrect with a non-empty LCS and non-empty remainders on both sides."""
+    """[N] bool, the rows of L_neg: incorrect with a non-empty LCS and non-empty remainders on both sides."""
+    matched_candidate: torch.Tensor
+    """[N] bool, incorrect with a non-empty LCS: its z2 is a candidate of L_neg on this rank."""
+    unmatched_candidate: torch.Tensor
+    """[N] bool, incorrect with response tokens outside the LCS: its z3 is a candidate of L_neg on every rank."""
 
 
 @dataclass
@@ -169,15 +174,12 @@ class CARFTModule(PPOModule):
             in_a, in_b = lcs_masks_batch(target_ids[rows], rollout.response_ids[rows], target_mask[rows].sum(-1), response_mask[rows].sum(-1))
             lcs_annotated[rows], lcs_response[rows] = in_a.to(self.device), in_b.to(self.device)
         metrics["lcs_s"] = torch.tensor(time.perf_counter() - started)
+        # Every incorrect response offers its existing pieces as candidates (section 3.5); only
+        # those with all three pieces are rows of the loss.
+        negative = negative_rows(~correct, lcs_response, response_mask, lcs_annotated, target_mask)
         unmatched_annotated = target_mask.bool() & ~lcs_annotated
-        negative_valid = (
-            ~correct
-            & lcs_response.any(-1)
-            & unmatched_annotated.any(-1)
-            & (response_mask.bool() & ~lcs_response).any(-1)
-        )
         z_unmatched_annotated = self.pool(embeddings_annotated, values_annotated, unmatched_annotated)
-        return ContrastTargets(z_annotated, cos_annotated, lcs_response, z_unmatched_annotated, negative_valid), metrics
+        return ContrastTargets(z_annotated, cos_annotated, lcs_response, z_unmatched_annotated, *negative), metrics
 
     # ---- the CARFT objective (with gradient) ------------------------------------------------
     def loss(self, rollout: Rollout, scores: CARFTScores) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -210,7 +212,7 @@ class CARFTModule(PPOModule):
         if use_negative:
             z_matched = self.pool(embeddings, values, mask & targets.lcs_response)
             z_unmatched = self.pool(embeddings, values, mask & ~targets.lcs_response)
-            parts.append(z_unmatched[targets.negative_valid])
+            parts.append(z_unmatched[targets.unmatched_candidate])
         # With gradient: other ranks' samples are candidates too, and their gradients go home.
         gathered = gather_rows(*parts)
         z_all = gathered[0]
@@ -225,7 +227,10 @@ class CARFTModule(PPOModule):
                 terms.append(loss_pos)
                 metrics["loss_pos"] = loss_pos.detach()
             if use_negative:
-                loss_neg = carft_negative_loss(targets.z_unmatched_annotated, z_matched, gathered[1], targets.negative_valid, algo.tau, algo.clamp)
+                loss_neg = carft_negative_loss(
+                    targets.z_unmatched_annotated, z_matched, gathered[1], targets.negative_valid, algo.tau, algo.clamp,
+                    matched_candidates=targets.matched_candidate,
+                )
                 terms.append(loss_neg)
                 metrics["loss_neg"] = loss_neg.detach()
             contrastive = sum(terms) / len(terms)  # 0.5 * (L_pos + L_neg) when both are on

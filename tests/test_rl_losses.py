@@ -20,6 +20,7 @@ from lightning_modules.losses import (
     last_token_rewards,
     lcs_masks,
     lcs_masks_batch,
+    negative_rows,
     pairwise_cos,
     partial_reward,
     pool_cot,
@@ -553,9 +554,109 @@ def test_carft_negative_loss_ignores_invalid_rows_and_is_zero_if_none_is_valid()
     valid = torch.tensor([True, False, True])
     base = carft_negative_loss(z1, z2, z3, valid)
     z1b, z2b = z1.clone(), z2.clone()
-    z1b[1], z2b[1] = torch.randn(4), torch.randn(4)  # an invalid row is neither loss nor candidate
+    z1b[1], z2b[1] = torch.randn(4), torch.randn(4)  # with the default candidates an invalid row is neither loss nor candidate
     torch.testing.assert_close(carft_negative_loss(z1b, z2b, z3, valid), base)
     assert carft_negative_loss(z1, z2, z3, torch.tensor([False, False, False])).item() == 0.0
+
+
+def _naive_negative_spec(z1, z2, z3_all, loss_rows, matched_candidates, tau, clamp):
+    """Section 3.5: loss rows as given; candidates = z2 of every marked row of this rank, then every z3."""
+    candidates = [z2[k] for k, ok in enumerate(matched_candidates) if ok] + list(z3_all)
+    losses = []
+    for i, ok in enumerate(loss_rows):
+        if not ok:
+            continue
+        numerator = min(_cos(z1[i], z2[i]), clamp) / tau
+        denominator = sum(math.exp(_cos(z2[i], k) / tau) for k in candidates)
+        losses.append(numerator - math.log(denominator))
+    return -sum(losses) / len(losses) if losses else 0.0
+
+
+def test_negative_rows_by_hand():
+    """Loss rows need all three pieces; a candidate only needs its own piece (docs/METHODS.md section 3.5)."""
+    annotated = torch.tensor([[5, 6, 7]] * 5)
+    annotated_mask = torch.ones(5, 3, dtype=torch.long)
+    responses = torch.tensor([
+        [5, 9, 7, 0],  # incorrect, LCS {5, 7}: every piece exists -> loss row, z2 and z3 candidates
+        [5, 6, 8, 7],  # incorrect, holds the whole annotated CoT: no z1 -> not a loss row, z2 and z3 candidates
+        [5, 6, 7, 0],  # incorrect, equal to the annotation: no z1, no z3 -> z2 candidate only
+        [8, 9, 0, 0],  # incorrect, nothing shared: no z2 -> z3 candidate only
+        [5, 9, 7, 0],  # correct: takes no part
+    ])
+    response_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 0]])
+    annotated_in_lcs, response_in_lcs = lcs_masks_batch(annotated, responses, annotated_mask.sum(-1), response_mask.sum(-1))
+    incorrect = torch.tensor([True, True, True, True, False])
+    loss_rows, matched, unmatched = negative_rows(incorrect, response_in_lcs, response_mask, annotated_in_lcs, annotated_mask)
+    assert loss_rows.tolist() == [True, False, False, False, False]
+    assert matched.tolist() == [True, True, True, False, False]
+    assert unmatched.tolist() == [True, True, False, True, False]
+
+
+def test_carft_negative_loss_takes_the_pieces_of_a_response_holding_the_whole_annotation_as_candidates():
+    """The cross-check's case: an incorrect response that contains the whole annotated CoT has no
+    z1, so it is not a row of L_neg, but its z2 and z3 are candidates of every other row's
+    denominator (docs/METHODS.md section 3.5). The cross-check reported 4.8218 (old rule) against
+    4.8415 (spec) on inputs that could not be recovered; this is our own example of the same case,
+    worked by hand, from token ids through the LCS and mean pooling.
+
+    2-D token embeddings: e5 = (1, 0), e6 = (1, 1), e7 = (1, 0), e8 = (-1, 0), e9 = (0, 1).
+    Annotation 5 6 7. Row 0, incorrect, 5 9 7: LCS 5 7, z1 = e6 = (1, 1), z2 = (1, 0), z3 = e9 = (0, 1).
+    Row 1, incorrect, 5 6 8 7: LCS 5 6 7, no z1, z2 = (1, 1/3), z3 = e8 = (-1, 0). Row 2 is correct.
+    The only loss row is row 0: numerator cos((1, 1), (1, 0)) / tau = (1/sqrt 2) / 0.2 = 5/sqrt 2.
+    Old rule, candidates z2_0, z3_0 (cosines 1, 0):
+        L = log(e^5 + 1) - 5/sqrt 2 = 1.471181
+    Spec, candidates z2_0, z2_1, z3_0, z3_1 (cosines 1, 3/sqrt 10, 0, -1):
+        L = log(e^5 + e^(15/sqrt 10) + 1 + e^-5) - 5/sqrt 2 = 2.041346
+    """
+    table = {5: (1.0, 0.0), 6: (1.0, 1.0), 7: (1.0, 0.0), 8: (-1.0, 0.0), 9: (0.0, 1.0), 0: (0.0, 0.0)}
+    embed = lambda ids: torch.tensor([[table[t] for t in row] for row in ids.tolist()], dtype=torch.float64)  # noqa: E731
+    annotated = torch.tensor([[5, 6, 7]] * 3)
+    annotated_mask = torch.ones(3, 3, dtype=torch.long)
+    responses = torch.tensor([[5, 9, 7, 0], [5, 6, 8, 7], [5, 9, 7, 0]])
+    response_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 0]])
+    incorrect = torch.tensor([True, True, False])
+    annotated_in_lcs, response_in_lcs = lcs_masks_batch(annotated, responses, annotated_mask.sum(-1), response_mask.sum(-1))
+    valid, matched, unmatched = negative_rows(incorrect, response_in_lcs, response_mask, annotated_in_lcs, annotated_mask)
+    scores = torch.zeros(3, 4, dtype=torch.float64)
+    pool = lambda ids, mask: pool_cot(embed(ids), scores[:, : ids.size(1)], mask, "mean")  # noqa: E731
+    z1 = pool(annotated, annotated_mask.bool() & ~annotated_in_lcs)
+    z2 = pool(responses, response_mask.bool() & response_in_lcs)
+    z3 = pool(responses, response_mask.bool() & ~response_in_lcs)
+    torch.testing.assert_close(z2[1], torch.tensor([1.0, 1 / 3], dtype=torch.float64))
+
+    numerator = 5 / math.sqrt(2)
+    old_rule = carft_negative_loss(z1, z2, z3[valid], valid)  # candidates: only the loss rows' pieces
+    spec = carft_negative_loss(z1, z2, z3[unmatched], valid, matched_candidates=matched)
+    assert math.isclose(old_rule.item(), math.log(math.exp(5) + 1) - numerator, rel_tol=1e-9)
+    assert math.isclose(spec.item(), math.log(math.exp(5) + math.exp(15 / math.sqrt(10)) + 1 + math.exp(-5)) - numerator, rel_tol=1e-9)
+    assert round(old_rule.item(), 6) == 1.471181 and round(spec.item(), 6) == 2.041346
+
+
+@pytest.mark.parametrize("tau,clamp", [(0.2, 0.9), (0.3, 0.5)])
+def test_carft_negative_loss_with_every_candidate_matches_a_naive_loop(tau, clamp):
+    torch.manual_seed(17)
+    B, M, d = 6, 5, 4  # z3 rows: this rank's and other ranks', gathered
+    z1, z2 = torch.randn(B, d, dtype=torch.float64), torch.randn(B, d, dtype=torch.float64)
+    z3_all = torch.randn(M, d, dtype=torch.float64)
+    loss_rows = [True, False, True, False, False, True]
+    matched = [True, True, True, False, True, True]  # every loss row, and rows without a z1 or a z3
+    got = carft_negative_loss(z1, z2, z3_all, torch.tensor(loss_rows), tau=tau, clamp=clamp, matched_candidates=torch.tensor(matched))
+    expected = _naive_negative_spec(z1.tolist(), z2.tolist(), z3_all.tolist(), loss_rows, matched, tau, clamp)
+    assert math.isclose(got.item(), expected, rel_tol=1e-9, abs_tol=1e-9)
+    # the default (candidates = the loss rows) differs once a candidate is not a loss row
+    assert not math.isclose(carft_negative_loss(z1, z2, z3_all, torch.tensor(loss_rows), tau=tau, clamp=clamp).item(), expected, rel_tol=1e-6)
+
+
+def test_carft_negative_loss_sends_gradients_to_candidates_that_are_not_loss_rows():
+    torch.manual_seed(18)
+    z1 = torch.randn(3, 4)
+    z2 = torch.randn(3, 4, requires_grad=True)
+    z3_all = torch.randn(4, 4, requires_grad=True)
+    loss_rows, matched = torch.tensor([True, False, False]), torch.tensor([True, True, False])
+    carft_negative_loss(z1, z2, z3_all, loss_rows, matched_candidates=matched).backward()
+    assert z2.grad[1].abs().sum() > 0, "a z2 candidate without a loss row of its own still gets a gradient"
+    assert z2.grad[2].abs().sum() == 0, "a row that is no candidate gets none"
+    assert (z3_all.grad.abs().sum(-1) > 0).all()
 
 
 # ---- seed objectives (docs/METHODS.md section 6) --------------------------------------------------------

@@ -15,6 +15,7 @@ from lightning_modules.losses.carft import (
     carft_positive_loss,
     lcs_masks,
     lcs_masks_batch,
+    negative_rows,
     pairwise_cos,
     partial_reward,
     pool_cot,
@@ -41,7 +42,7 @@ from lightning_modules.losses.sft import sft_loss
 __all__ = [
     "aggregate_loss", "agreement_confidence", "carft_negative_loss", "carft_positive_loss", "clipped_surrogate",
     "entropy_from_logits", "explained_variance", "gae", "grpo_advantages", "kl_k1", "kl_k3", "last_token_rewards",
-    "lcs_masks", "lcs_masks_batch", "majority_agreement", "majority_answer", "masked_mean", "pairwise_cos",
+    "lcs_masks", "lcs_masks_batch", "majority_agreement", "majority_answer", "masked_mean", "negative_rows", "pairwise_cos",
     "partial_reward", "pool_cot", "ppo_policy_loss", "ppo_value_loss", "reinforce_loss", "representation_mse",
     "rlsc_loss", "rule_reward", "sequence_logp", "sft_loss", "supcon_loss", "token_confidence", "token_logprobs",
     "triplet_loss", "whiten",

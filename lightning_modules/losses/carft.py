@@ -54,6 +54,34 @@ def carft_positive_loss(
     return (torch.logsumexp(cos_all / tau, dim=-1) - numerator).mean()
 
 
+def negative_rows(
+    incorrect: torch.Tensor,
+    response_in_lcs: torch.Tensor,
+    response_mask: torch.Tensor,
+    annotated_in_lcs: torch.Tensor,
+    annotated_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which rows take part in CARFT's negative signal (docs/METHODS.md section 3.5); ``[N]``, ``[N, T]``,
+    ``[N, T]``, ``[N, S]``, ``[N, S]`` -> three ``[N]`` bool masks:
+
+    - ``loss_rows``: incorrect, with a non-empty LCS and non-empty remainders on both sides
+      (z1, z2 and z3 all exist), the rows ``L_neg`` averages over;
+    - ``matched_candidates``: incorrect with a non-empty LCS (z2 exists), candidates on this rank;
+    - ``unmatched_candidates``: incorrect with response tokens outside the LCS (z3 exists),
+      candidates on every rank.
+
+    A piece that does not exist would pool to the zero vector, whose cosine with everything is 0;
+    it is left out rather than counted as a candidate."""
+    incorrect = incorrect.bool()
+    response_mask, annotated_mask = response_mask.bool(), annotated_mask.bool()
+    matched = (response_mask & response_in_lcs.bool()).any(-1)
+    unmatched_response = (response_mask & ~response_in_lcs.bool()).any(-1)
+    unmatched_annotated = (annotated_mask & ~annotated_in_lcs.bool()).any(-1)
+    matched_candidates = incorrect & matched
+    unmatched_candidates = incorrect & unmatched_response
+    return matched_candidates & unmatched_candidates & unmatched_annotated, matched_candidates, unmatched_candidates
+
+
 def carft_negative_loss(
     z_unmatched_annotated: torch.Tensor,
     z_matched: torch.Tensor,
@@ -61,19 +89,24 @@ def carft_negative_loss(
     valid: torch.Tensor,
     tau: float = 0.2,
     clamp: float = 0.9,
+    matched_candidates: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """CARFT's negative signal (docs/METHODS.md section 3), for every valid incorrect sample i:
+    """CARFT's negative signal (docs/METHODS.md section 3.5), for every valid incorrect sample i:
     ``-log( exp(min(cos(z1_i, z2_i), c) / tau) / sum_k exp(cos(z2_i, k) / tau) )`` with
     z1 = ``z_unmatched_annotated`` (annotated tokens outside the LCS), z2 = ``z_matched`` (the
-    response's tokens in the LCS) and k over the valid rows of ``z_matched`` on this rank and
-    ``z_unmatched_all`` (response tokens outside the LCS, every incorrect sample of every rank).
-    ``valid``: incorrect, with a non-empty LCS and non-empty remainders. Mean over valid rows; 0 if none."""
+    response's tokens in the LCS) and k over the rows of ``z_matched`` marked ``matched_candidates``
+    (this rank's) and every row of ``z_unmatched_all`` (z3, response tokens outside the LCS, gathered
+    from every rank). ``valid``: the loss rows (``negative_rows``'s ``loss_rows``).
+    ``matched_candidates``: ``negative_rows``'s, every incorrect sample of this rank with a non-empty
+    LCS; None takes the rows of ``valid``. Mean over valid rows; 0 if none."""
     rows = valid.nonzero().squeeze(-1)
     if rows.numel() == 0:
         return z_matched.new_zeros(())
+    if matched_candidates is None:
+        matched_candidates = valid
     z1, z2 = z_unmatched_annotated[rows], z_matched[rows]
     numerator = torch.clamp(F.cosine_similarity(z1, z2, dim=-1, eps=1e-8), max=clamp) / tau
-    candidates = torch.cat([z2, z_unmatched_all])
+    candidates = torch.cat([z_matched[matched_candidates.bool()], z_unmatched_all])
     return (torch.logsumexp(pairwise_cos(z2, candidates) / tau, dim=-1) - numerator).mean()
 
 
