@@ -39,7 +39,9 @@ class PPOConfig(RLConfig):
     value_clip: float = 0.2
     """Clip of the value prediction around the old value (ReFT: 0.2)."""
     vf_coef: float = 5.0
-    """Weight of the value loss (ReFT: 5)."""
+    """Weight of the value loss (ReFT: 5, tuned with value_loss_norm response)."""
+    value_loss_norm: str = "response"
+    """How the value loss averages its squared errors: response (each response's token mean, then the mean over responses; ReFT and the CARFT authors) or token (one masked mean over every response token)."""
     whiten_advantages: bool = True
     """Whiten advantages over the response tokens of the global batch (ReFT)."""
 
@@ -51,6 +53,7 @@ class PPOConfig(RLConfig):
         require(self.clip_eps > 0, f"algo.clip_eps must be positive, got {self.clip_eps}")
         require(self.value_clip > 0, f"algo.value_clip must be positive, got {self.value_clip}")
         require(self.vf_coef >= 0, f"algo.vf_coef must be >= 0, got {self.vf_coef}")
+        require(self.value_loss_norm in ("response", "token"), f"algo.value_loss_norm must be response or token, got {self.value_loss_norm!r}")
 
 
 @dataclass
@@ -132,6 +135,6 @@ class PPOModule(RLModule):
         """The clipped policy loss and the clipped value loss, and their metrics."""
         mask = rollout.response_mask
         policy_loss, clip_frac = ppo_policy_loss(logp, scores.logp_old, scores.advantages, mask, self.algo.clip_eps)
-        value_loss = ppo_value_loss(values, scores.values_old, scores.returns, mask, self.algo.value_clip)
+        value_loss = ppo_value_loss(values, scores.values_old, scores.returns, mask, self.algo.value_clip, self.algo.value_loss_norm)
         metrics = {"policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(), "clip_frac": clip_frac}
         return policy_loss, value_loss, metrics

@@ -337,6 +337,42 @@ def test_ppo_value_loss_matches_a_naive_loop_over_all_tokens_of_the_batch():
         assert math.isclose(got.item(), expected, rel_tol=1e-9, abs_tol=1e-9)
 
 
+def _naive_value_loss_per_response(values, values_old, returns, mask, clip):
+    means = []
+    for v_row, o_row, r_row, m_row in zip(values, values_old, returns, mask):
+        errors = [max((v - r) ** 2, (min(max(v, o - clip), o + clip) - r) ** 2) for v, o, r, m in zip(v_row, o_row, r_row, m_row) if m]
+        means.append(sum(errors) / len(errors))
+    return 0.5 * sum(means) / len(means)
+
+
+def test_ppo_value_loss_token_and_response_norms_by_hand():
+    """Responses of 1 and 3 tokens, squared errors [4] and [0, 0, 0] (no clipping: V = V_old).
+    Per response (ReFT): 0.5 * (4/1 + 0/3) / 2 = 1.0. Per token: 0.5 * 4 / 4 = 0.5."""
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1]])
+    returns = torch.zeros(2, 3, dtype=torch.float64)
+    values = torch.tensor([[2.0, 9.0, 9.0], [0.0, 0.0, 0.0]], dtype=torch.float64)  # padding values must not count
+    assert math.isclose(ppo_value_loss(values, values, returns, mask, clip=0.2, norm="response").item(), 1.0, **TOL)
+    assert math.isclose(ppo_value_loss(values, values, returns, mask, clip=0.2, norm="token").item(), 0.5, **TOL)
+    assert ppo_value_loss(values, values, returns, mask, clip=0.2).item() == ppo_value_loss(values, values, returns, mask, 0.2, "token").item()
+    with pytest.raises(ValueError, match="expected token or response"):
+        ppo_value_loss(values, values, returns, mask, norm="sequence")
+
+
+def test_ppo_value_loss_per_response_matches_a_naive_loop():
+    torch.manual_seed(7)
+    T = 5
+    mask = torch.tensor([[1] * n + [0] * (T - n) for n in [5, 1, 2]])
+    values_old = torch.randn(3, T, dtype=torch.float64)
+    values = values_old + torch.randn(3, T, dtype=torch.float64) * 0.5
+    returns = torch.randn(3, T, dtype=torch.float64)
+    for clip in (0.2, 0.05):
+        got = ppo_value_loss(values, values_old, returns, mask, clip=clip, norm="response")
+        expected = _naive_value_loss_per_response(values.tolist(), values_old.tolist(), returns.tolist(), mask.tolist(), clip)
+        assert math.isclose(got.item(), expected, rel_tol=1e-9, abs_tol=1e-9)
+        token_mean = _naive_value_loss(values.tolist(), values_old.tolist(), returns.tolist(), mask.tolist(), clip)
+        assert not math.isclose(expected, token_mean, rel_tol=1e-3)  # unequal lengths: the two norms differ
+
+
 def test_entropy_from_logits_by_hand_and_against_a_naive_sum():
     uniform = torch.zeros(1, 1, 8)
     assert math.isclose(entropy_from_logits(uniform).item(), math.log(8), **TOL)

@@ -188,3 +188,23 @@ def test_label_free_grpo_trains_on_batches_without_answers(tiny_args, tmp_path):
     assert seen and all("answer" not in keys and "target_ids" not in keys for keys in seen)
     logged = scalars(tmp_path / "runs" / "ttrl")
     assert "train/majority_share" in logged and "train/accuracy" not in logged
+
+
+def test_value_loss_norm_is_reft_by_default_and_the_token_mean_in_the_embedded_configs(tiny_args, tmp_path, capsys, monkeypatch):
+    from lightning_modules import ppo
+    from lightning_modules.carft import CARFTConfig
+
+    assert ppo.PPOConfig().value_loss_norm == CARFTConfig().value_loss_norm == "response"
+    for method in ("ppo", "carft"):  # configs/ppo.yaml and configs/carft.yaml: vf_coef 0.2 was chosen with it
+        config, _, _, _ = parse_config(["--method", method, *RL_ARGS, *tiny_args])
+        assert config.algo.value_loss_norm == "token"
+    assert main(["--method", "ppo", *RL_ARGS, *tiny_args, "--algo.value_loss_norm", "sequence"]) == 2
+    assert "algo.value_loss_norm must be response or token, got 'sequence'" in capsys.readouterr().err
+
+    norms = []
+    real = ppo.ppo_value_loss
+    monkeypatch.setattr(ppo, "ppo_value_loss", lambda *args: norms.append(args[5]) or real(*args))
+    argv = ["--method", "ppo", "--run_name", "norm", "--trainer.max_steps", "1", *RL_ARGS, *tiny_args, "--algo.value_loss_norm", "response"]
+    train(parse_config(argv)[0])
+    assert norms and set(norms) == {"response"}
+

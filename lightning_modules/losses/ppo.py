@@ -65,11 +65,24 @@ def ppo_policy_loss(
 
 
 def ppo_value_loss(
-    values: torch.Tensor, values_old: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+    values: torch.Tensor,
+    values_old: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float = 0.2,
+    norm: str = "token",
 ) -> torch.Tensor:
-    """``0.5 * masked mean of max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2)``."""
+    """``0.5 * max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2)`` averaged over the response
+    tokens: ``norm="token"`` one masked mean over every token of the batch, so a long response
+    weighs in proportion to its length; ``norm="response"`` each response's token mean, then the
+    mean over responses (ReFT and the CARFT authors)."""
     clipped = values_old + torch.clamp(values - values_old, -clip, clip)
-    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    squared_error = torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    if norm == "token":
+        return 0.5 * masked_mean(squared_error, mask)
+    if norm == "response":
+        return 0.5 * masked_mean(squared_error, mask, dim=-1).mean()
+    raise ValueError(f"unknown value-loss normalisation {norm!r}; expected token or response")
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
