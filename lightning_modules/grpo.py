@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from lightning_modules.config import require
+from lightning_modules.distributed import all_reduce_sum, world_size
 from lightning_modules.losses import (
     aggregate_loss,
     clipped_surrogate,
@@ -38,7 +39,7 @@ class GRPOConfig(RLConfig):
     scale: str = "group"
     """Advantage scale: group (divide by the group's std, GRPO) or none (Dr. GRPO)."""
     loss_aggregation: str = "grpo"
-    """grpo (mean of sequence means), dr_grpo (sum / (B * max_new_tokens)) or dapo (sum / response tokens)."""
+    """grpo (mean of sequence means), dr_grpo (sum / (B * max_new_tokens)) or dapo (sum / response tokens of the whole rollout, all ranks, as TRL)."""
     reward: str = "rule"
     """rule (1 / 0.1 / 0 against the gold answer), majority (label-free: 1 if the sample agrees with its group's majority answer, TTRL) or package.module:function."""
 
@@ -61,6 +62,9 @@ class GRPOScores(Rows):
     """[N, T] log-probs at sampling time; None with one update per rollout, whose own (detached) log-probs are the old ones."""
     logp_ref: torch.Tensor | None = None
     """[N, T] the reference policy's log-probs; None without a KL term."""
+    rollout_tokens: int | None = None
+    """Response tokens of the whole rollout summed over ranks, dapo's denominator; None for the other
+    aggregations. Not a row field: every minibatch keeps it whole."""
 
 
 class GRPOModule(RLModule):
@@ -92,7 +96,10 @@ class GRPOModule(RLModule):
         metrics |= rewards.metrics
         metrics["reward"] = grouped.mean()
         metrics["frac_reward_zero_std"] = (grouped.std(dim=-1) == 0).float().mean() if rollout.group > 1 else torch.ones(())
-        return GRPOScores(grpo_advantages(grouped, self.algo.scale).view(-1), logp_old, logp_ref), metrics
+        rollout_tokens = None
+        if self.algo.loss_aggregation == "dapo":  # the same on every rank, so every rank joins this all-reduce
+            rollout_tokens = int(all_reduce_sum(rollout.response_mask.sum()).item())
+        return GRPOScores(grpo_advantages(grouped, self.algo.scale).view(-1), logp_old, logp_ref, rollout_tokens), metrics
 
     def loss(self, rollout: Rollout, scores: GRPOScores) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = rollout.response_mask
@@ -110,5 +117,9 @@ class GRPOModule(RLModule):
             kl = kl_k3(logp, scores.logp_ref)
             per_token = per_token + self.algo.kl_coef * kl
             metrics["kl"] = masked_mean(kl, mask).detach()
-        loss = aggregate_loss(per_token, mask, self.algo.loss_aggregation, self.config.trainer.max_new_tokens)
+        # dapo: this minibatch's token sum over the rollout's global token count, times the number
+        # of ranks because DDP averages their gradients; summed over minibatches and ranks, the
+        # update follows the gradient of one token mean over the whole rollout (TRL's normaliser).
+        num_tokens = scores.rollout_tokens / world_size() if scores.rollout_tokens is not None else None
+        loss = aggregate_loss(per_token, mask, self.algo.loss_aggregation, self.config.trainer.max_new_tokens, num_tokens)
         return loss, metrics

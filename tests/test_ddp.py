@@ -238,3 +238,55 @@ def test_lora_on_two_processes_trains_identical_adapters_over_a_fixed_base(tiny_
     moved = {n for n, v in weights.items() if not torch.equal(v, start[n])}
     assert any("lora_" in n for n in moved), "no adapter moved"
     assert all("lora_" in n or n.startswith("policy.heads.") for n in moved), sorted(moved)[:3]
+
+
+DAPO_SCRIPT = textwrap.dedent(
+    """
+    import dataclasses, json, sys
+    import lightning as L
+    from lightning_modules import grpo
+    from workflows.train import parse_config, train
+
+    sample, score = grpo.GRPOModule.rollout, grpo.GRPOModule.score
+    def uneven_rollout(self, batch):
+        # Rank 1 keeps a quarter of every response, so the ranks hold different token counts.
+        rollout = sample(self, batch)
+        if self.global_rank == 1:
+            keep = rollout.response_ids.size(1) // 4
+            rollout = dataclasses.replace(
+                rollout,
+                response_ids=rollout.response_ids[:, :keep],
+                response_mask=rollout.response_mask[:, :keep],
+                input_ids=rollout.input_ids[:, : rollout.prompt_length + keep],
+                attention_mask=rollout.attention_mask[:, : rollout.prompt_length + keep],
+            )
+        return rollout
+    def recorded_score(self, rollout):
+        # Each rank's own response tokens and the count that scoring gave the loss, per rollout.
+        scores, metrics = score(self, rollout)
+        self.__dict__.setdefault("seen", []).append([int(rollout.response_mask.sum()), scores.rollout_tokens])
+        return scores, metrics
+    grpo.GRPOModule.rollout, grpo.GRPOModule.score = uneven_rollout, recorded_score
+
+    class SaveTokens(L.Callback):
+        def on_train_end(self, trainer, pl_module):
+            with open(f"{sys.argv[1]}/tokens{trainer.global_rank}.json", "w") as f:
+                json.dump(pl_module.seen, f)
+
+    config, ckpt, _, _ = parse_config(sys.argv[2:])
+    train(config, ckpt, callbacks=[SaveTokens()])
+    """
+)
+
+
+@pytest.mark.slow
+def test_grpo_dapo_counts_the_rollouts_tokens_over_both_ranks(tiny_args, tmp_path):
+    argv = ["--method", "grpo", "--warmup_run", "null", "--run_name", "dapo", "--trainer.max_steps", "2",
+            "--trainer.val_every_n_steps", "2", *DDP_ARGS, *tiny_args, "--data.batch_size", "2", "--algo.samples_per_prompt", "2",
+            "--algo.minibatches", "2", "--algo.loss_aggregation", "dapo", "--algo.kl_coef", "0", "--optim.lr", "1e-3"]
+    run_ddp(tmp_path, "ddp_dapo", DAPO_SCRIPT, argv)
+    seen = [json.loads((tmp_path / f"tokens{rank}.json").read_text()) for rank in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 2, seen
+    for (own0, count0), (own1, count1) in zip(*seen):
+        assert own0 != own1, "the ranks should hold different token counts"
+        assert count0 == count1 == own0 + own1

@@ -55,6 +55,60 @@ def test_loss_aggregations_by_hand():
         aggregate_loss(per_token, mask, "nope")
 
 
+def _rank_batch(lengths: list[int], T: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.tensor([[1] * n + [0] * (T - n) for n in lengths])
+    return torch.randn(len(lengths), T, generator=g, dtype=torch.float64), mask
+
+
+def test_dapo_with_the_rollouts_token_count_is_one_token_mean_over_ranks():
+    """Two simulated ranks with 14 and 24 response tokens. DDP averages the ranks' gradients, so
+    each rank divides its token sum by 38 / 2: the mean over ranks is the token mean of all 38
+    tokens, as if one process held the whole rollout (TRL). Each rank's own token mean does not
+    give that: its 14 tokens would weigh 24/14 times as much as the other rank's."""
+    T = 8
+    ranks = [_rank_batch([4, 6, 4], T, 0), _rank_batch([8, 5, 7, 4], T, 1)]
+    assert [int(m.sum()) for _, m in ranks] == [14, 24]
+    per_token = torch.cat([p for p, _ in ranks])
+    mask = torch.cat([m for _, m in ranks])
+    single_process = (per_token * mask).sum().item() / 38  # a naive token mean of the concatenation
+    world = len(ranks)
+    global_form = sum(aggregate_loss(p, m, "dapo", num_tokens=38 / world) for p, m in ranks) / world
+    per_rank_form = sum(aggregate_loss(p, m, "dapo") for p, m in ranks) / world
+    assert math.isclose(global_form.item(), single_process, rel_tol=1e-12)
+    assert abs(per_rank_form.item() - single_process) > 5e-3  # 1.3e-2 here
+
+
+def test_dapo_over_minibatches_and_ranks_follows_the_gradient_of_one_token_mean():
+    """Each rank's rollout split into two minibatches: the sum over minibatches of the ranks'
+    mean loss, and its gradient, are those of the token mean over the whole rollout."""
+    T = 8
+    ranks = [_rank_batch([4, 6, 4, 3], T, 2), _rank_batch([8, 5, 7, 4], T, 3)]
+    leaves = [p.clone().requires_grad_(True) for p, _ in ranks]
+    count = sum(int(m.sum()) for _, m in ranks)
+    world = len(ranks)
+    total = 0.0
+    for leaf, (_, mask) in zip(leaves, ranks):
+        for rows in (slice(0, 2), slice(2, 4)):  # minibatches of 2 responses
+            total = total + aggregate_loss(leaf[rows], mask[rows], "dapo", num_tokens=count / world) / world
+    total.backward()
+    expected = sum((p * m).sum().item() for p, m in ranks) / count
+    assert math.isclose(total.item(), expected, rel_tol=1e-12)
+    for leaf, (_, mask) in zip(leaves, ranks):
+        torch.testing.assert_close(leaf.grad, mask.double() / count)
+
+
+def test_dapo_on_one_process_and_one_minibatch_is_unchanged():
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    default = aggregate_loss(per_token, mask, "dapo")
+    assert aggregate_loss(per_token, mask, "dapo", num_tokens=float(mask.sum())).item() == default.item() == 10.0 / 4
+    per_token, mask = _rank_batch([4, 6, 1], 8, 4)
+    assert aggregate_loss(per_token, mask, "dapo", num_tokens=int(mask.sum()) / 1).item() == aggregate_loss(per_token, mask, "dapo").item()
+    # no response token on any rank: zero, not NaN
+    assert aggregate_loss(per_token, torch.zeros_like(mask), "dapo", num_tokens=0.0).item() == 0.0
+
+
 def test_clipped_surrogate_by_hand():
     logp_old = torch.zeros(4)
     logp = torch.log(torch.tensor([1.5, 1.5, 0.5, 1.1]))

@@ -208,3 +208,24 @@ def test_value_loss_norm_is_reft_by_default_and_the_token_mean_in_the_embedded_c
     train(parse_config(argv)[0])
     assert norms and set(norms) == {"response"}
 
+
+def test_grpo_dapo_divides_every_minibatch_by_the_rollouts_token_count(tiny_args, tmp_path, monkeypatch):
+    from lightning_modules import grpo
+
+    calls = []
+    real = grpo.aggregate_loss
+
+    def spy(per_token, mask, mode, max_new_tokens, num_tokens):
+        calls.append((int(mask.sum()), num_tokens))
+        return real(per_token, mask, mode, max_new_tokens, num_tokens)
+
+    monkeypatch.setattr(grpo, "aggregate_loss", spy)
+    argv = ["--method", "grpo", "--run_name", "dapo", "--trainer.max_steps", "2", "--algo.loss_aggregation", "dapo",
+            "--algo.minibatches", "2", "--algo.samples_per_prompt", "2", "--algo.kl_coef", "0", *RL_ARGS, *tiny_args]
+    assert main(argv) == 0
+    assert len(calls) == 4  # 2 rollouts x 2 minibatches
+    for rollout in (calls[:2], calls[2:]):
+        (tokens_a, count_a), (tokens_b, count_b) = rollout
+        assert count_a == count_b == tokens_a + tokens_b, "one process: the rollout's tokens, the same for both minibatches"
+    logged = scalars(tmp_path / "runs" / "dapo")
+    assert all(math.isfinite(v) for _, v in logged["train/loss"])

@@ -65,10 +65,19 @@ def clipped_surrogate(
     return torch.maximum(unclipped, clipped), clipped > unclipped
 
 
-def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "grpo", max_new_tokens: int | None = None) -> torch.Tensor:
+def aggregate_loss(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str = "grpo",
+    max_new_tokens: int | None = None,
+    num_tokens: float | None = None,
+) -> torch.Tensor:
     """Reduce a per-token loss ``[B, T]`` over response tokens (docs/METHODS.md section 5):
     ``grpo`` mean over sequences of each sequence's token mean; ``dr_grpo`` sum / (B * max_new_tokens);
-    ``dapo`` sum / number of response tokens in the batch."""
+    ``dapo`` sum / ``num_tokens``, by default the number of response tokens in ``mask``. To make
+    DAPO's token mean over a whole rollout split into minibatches and ranks, pass the rollout's
+    response tokens summed over ranks divided by the number of ranks (DDP averages the ranks'
+    gradients)."""
     if mode == "grpo":
         return masked_mean(per_token, mask, dim=-1).mean()
     total = (per_token * mask.to(per_token.dtype)).sum()
@@ -77,7 +86,9 @@ def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "grp
             raise ValueError("dr_grpo aggregation needs max_new_tokens")
         return total / (per_token.size(0) * max_new_tokens)
     if mode == "dapo":
-        return total / mask.sum().clamp(min=1)
+        if num_tokens is None:
+            return total / mask.sum().clamp(min=1)
+        return total / num_tokens if num_tokens > 0 else total  # no token anywhere: total is 0
     raise ValueError(f"unknown loss aggregation {mode!r}; expected grpo, dr_grpo or dapo")
 
 
