@@ -1,13 +1,16 @@
 """Embedded data set: GSM8K-style multi-step arithmetic word problems, generated from a seed.
 
 A problem is a short story that starts from one quantity and changes it step by step; the
-worked solution has one sentence per operation, always written ``a OP b = c`` so that a tiny
-digit-level model can learn the arithmetic from the text alone.
+worked solution has one sentence per operation, written ``a OP b = c`` so that a tiny
+digit-level model can learn the arithmetic from the text alone. With ``solution_styles`` above 1
+the worked solution is written in one of several styles (step order and wording), drawn from the
+seed and the question alone.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,6 +24,43 @@ DRAWS_PER_PROBLEM = 50
 """How many draws ``generate_splits`` may spend per requested problem before giving up."""
 _ATTEMPTS = 1000
 _FRACTIONS = {2: "half", 3: "a third", 4: "a quarter"}
+
+
+class SolutionStyle(NamedTuple):
+    """One way of writing a worked solution (see ``SyntheticConfig.solution_styles``)."""
+
+    form: str  # where the equation goes: "inline" (in the sentence), "before" or "after" the sentence
+    words: bool = False  # "3 times 4 is 12" instead of "3 * 4 = 12" (not with "inline")
+    connector: str = ""  # joins equation and sentence: ", so " before, ", since " after
+    first: str = ""  # opener of the first of several lines
+    later: tuple[str, ...] = ("",)  # openers the later lines draw from
+    alone: str = ""  # opener of a solution's only line
+    grouped: bool = False  # two like steps in a row become one independent step first, in any valid order
+    swap: bool = False  # operands of + and * may be written the other way round
+
+
+# Ordered so that the first few already differ most; even one-line solutions differ in every style.
+SOLUTION_STYLES = (
+    SolutionStyle("inline"),  # the original template: "Tom has 3 + 4 = 7 cards now."
+    SolutionStyle("before", connector=", so ", later=("Then ", "Next, ", ""), grouped=True),
+    SolutionStyle("after", words=True, connector=", since ", later=("So ", "That means ", "Now "), grouped=True,
+                  swap=True),
+    SolutionStyle("inline", first="First, ", later=("Then ", "Next, ", "After that, "), alone="So ", swap=True),
+    SolutionStyle("before", words=True, connector=", so ", first="We know ", later=("Then ", "Now ", "Next, "),
+                  alone="We know ", swap=True),
+    SolutionStyle("inline", later=("So ", "That means ", "Now "), alone="That means ", grouped=True, swap=True),
+    SolutionStyle("after", connector=" because ", first="First, ", later=("Then ", "Next, ")),
+    SolutionStyle("before", connector=". ", grouped=True, swap=True),
+)
+"""Style 0 is the original single template; ``solution_styles=k`` draws among the first k."""
+_WORDS = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
+# Two like steps in a row, grouped: the operation that combines their numbers, and its sentence.
+_GROUPED = {
+    "add": ("+", "The two increases add up to {eq}."),
+    "sub": ("+", "The two decreases add up to {eq}."),
+    "mul": ("*", "The two factors multiply to {eq}."),
+    "div": ("*", "The two divisors multiply to {eq}."),
+}
 
 
 @dataclass(frozen=True)
@@ -45,6 +85,13 @@ class SyntheticConfig:
     """Every intermediate and final value stays within [0, max_value]."""
     operations: tuple[str, ...] = ("add", "sub", "mul", "div")
     """Allowed operations among add, sub, mul, div (division is always exact)."""
+    solution_styles: int = 1
+    """How many styles each worked solution is drawn from, 1..8: 1 writes every solution in the one
+    original template; more add other step orders (two like steps in a row summed or multiplied
+    first, independent lines in any valid order, operands of + and * swapped) and wordings
+    (openers such as "First," or "So", the equation before or after the sentence, "3 times 4 is
+    12"). The draw depends only on the seed and the question, so questions and answers do not
+    change with this knob."""
 
     def __post_init__(self) -> None:
         if isinstance(self.operations, str):
@@ -65,6 +112,8 @@ class SyntheticConfig:
             (len(self.operations) > 0, "synthetic.operations must name at least one operation"),
             (set(self.operations) <= set(OPERATIONS),
              f"synthetic.operations must be among {sorted(OPERATIONS)}, got {list(self.operations)}"),
+            (1 <= self.solution_styles <= len(SOLUTION_STYLES),
+             f"synthetic.solution_styles must be between 1 and {len(SOLUTION_STYLES)}, got {self.solution_styles}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -80,6 +129,17 @@ class Step(NamedTuple):
     to: str | None = None  # next state, if the quantity changes meaning (cookies -> boxes)
     shift: bool = False  # the quantity now belongs to the next person of the cast ({Q})
     ask: str | None = None  # replaces the state's question, so it can only be the last step
+
+
+class _Work(NamedTuple):
+    """One operation of a drawn problem, kept to write its solution in another style."""
+
+    op: str  # add, sub, mul or div
+    x: int
+    y: int
+    c: int  # x OP y
+    sentence: str  # the solution sentence with "{eq}" left in it
+    told: bool  # y is a number the story gives (else an earlier result), x the running quantity
 
 
 def _rate(verb: str, unit: str, per: str, span: str, more: Step, less: Step, ask: str, *extra: Step):
@@ -244,8 +304,12 @@ def _options(state: str, operations: tuple[str, ...], last: bool) -> tuple[Step,
     return tuple(s for s in STATES[state][1] if s.op in operations and (s.ask is None or last))
 
 
-def _attempt(rng: random.Random, config: SyntheticConfig, num_steps: int) -> tuple[str, str, int] | None:
-    """Question, worked solution and answer of one random walk through the states; None at a dead end."""
+_Problem = tuple[str, str, int, list[_Work]]  # question, worked solution, answer, its operations
+
+
+def _attempt(rng: random.Random, config: SyntheticConfig, num_steps: int) -> _Problem | None:
+    """Question, worked solution and answer of one random walk through the states, and its
+    operations when another style may be drawn; None at a dead end."""
     intro, state, pool = _SCENARIO_LIST[_below(rng, len(_SCENARIO_LIST))]
     one, many = pool[_below(rng, len(pool))] if pool else ("", "")
     cast: list[str] = []  # holders in story order, then a bystander friend
@@ -261,7 +325,8 @@ def _attempt(rng: random.Random, config: SyntheticConfig, num_steps: int) -> tup
         context.update(_PRONOUNS[cast[index]], P=cast[index], Q=cast[index + 1], R=cast[index - 1])
 
     meet(0)
-    story, lines = [intro.format_map(context)], []
+    story, lines, work = [intro.format_map(context)], [], []
+    keep_work = config.solution_styles > 1
     for index in range(num_steps):
         options = _options(state, config.operations, index == num_steps - 1)
         start = _below(rng, len(options)) if options else 0
@@ -289,16 +354,18 @@ def _attempt(rng: random.Random, config: SyntheticConfig, num_steps: int) -> tup
                 context["frac"] = _FRACTIONS[b]
             story.append(step.question.format_map(context))
         lines.append(step.solution.format_map(context))
+        if keep_work:
+            work.append(_Work(step.op, x, y, c, lines[-1].replace(context["eq"], "{eq}", 1), step.question is not None))
         previous, shifted, ask = a, step.shift, step.ask
         if step.shift:
             holder += 1
             meet(holder)
         state, a = step.to or state, c
     story.append((ask or STATES[state][0]).format_map(context))
-    return " ".join(story), "\n".join(lines), a
+    return " ".join(story), "\n".join(lines), a, work
 
 
-def _draw(rng: random.Random, config: SyntheticConfig, num_steps: int) -> tuple[str, str, int]:
+def _draw(rng: random.Random, config: SyntheticConfig, num_steps: int) -> _Problem:
     if not 1 <= num_steps <= MAX_STEPS:
         raise ValueError(f"a synthetic problem must have between 1 and {MAX_STEPS} steps, got {num_steps}")
     for _ in range(_ATTEMPTS):
@@ -313,8 +380,78 @@ def _draw(rng: random.Random, config: SyntheticConfig, num_steps: int) -> tuple[
 
 def generate_problem(rng: random.Random, config: SyntheticConfig, num_steps: int) -> Record:
     """One problem with exactly ``num_steps`` operations; ``uid`` is left empty for the caller."""
-    question, solution, answer = _draw(rng, config, num_steps)
+    question, solution, answer, work = _draw(rng, config, num_steps)
+    solution = _styled(config, question, solution, work)
     return Record(uid="", question=question, answer=float(answer), chain_of_thought=solution)
+
+
+_NAME_SET = frozenset(NAMES)
+
+
+def _lower(text: str) -> str:
+    """``text`` to follow other words: its first letter lowered unless it starts with a name."""
+    return text if text.split(" ", 1)[0] in _NAME_SET else text[:1].lower() + text[1:]
+
+
+def write_solution(work: list[_Work], style: SolutionStyle, rng: random.Random) -> str:
+    """The worked solution of a problem's operations in ``style``; ``rng`` draws the step order,
+    operand order and openers the style leaves open. Every line is still one equation whose
+    operands are story numbers or results of earlier lines, and the last line gives the answer."""
+    # Lines as (symbol, x, y, result, sentence, lines they need); each needs the one before,
+    # except that two like steps in a row may become an independent line and a line using it.
+    nodes: list[tuple[str, int, int, int, str, tuple[int, ...]]] = []
+    index = 0
+    while index < len(work):
+        step = work[index]
+        after = work[index + 1] if index + 1 < len(work) else None
+        before = (len(nodes) - 1,) if nodes else ()
+        # Not before a step that adds an earlier result (the holders' total): that result is
+        # the first step's, which grouping would leave out.
+        if (style.grouped and after is not None and after.op == step.op and step.told and after.told
+                and (index + 2 >= len(work) or work[index + 2].told)):
+            symbol, sentence = _GROUPED[step.op]
+            joined = step.y + after.y if symbol == "+" else step.y * after.y
+            nodes.append((symbol, step.y, after.y, joined, sentence, ()))
+            nodes.append((OPERATIONS[step.op], step.x, joined, after.c, after.sentence, before + (len(nodes) - 1,)))
+            index += 2
+        else:
+            nodes.append((OPERATIONS[step.op], step.x, step.y, step.c, step.sentence, before))
+            index += 1
+    orders = [order for order in itertools.permutations(range(len(nodes)))
+              if all(order.index(need) < place for place, k in enumerate(order) for need in nodes[k][5])]
+    order = orders[_below(rng, len(orders))]
+    lines = []
+    for place, k in enumerate(order):
+        symbol, x, y, c, sentence, _ = nodes[k]
+        if style.swap and symbol in "+*" and _below(rng, 2):
+            x, y = y, x
+        eq = f"{x} {_WORDS[symbol]} {y} is {c}" if style.words else f"{x} {symbol} {y} = {c}"
+        if style.form == "inline":
+            text = sentence.replace("{eq}", eq)
+        else:
+            plain = sentence.replace("{eq}", str(c))
+            if style.form == "before":
+                text = eq + style.connector + (plain if style.connector.endswith(". ") else _lower(plain))
+            else:
+                text = plain[:-1] + style.connector + eq + "."
+        if len(order) == 1:
+            opener = style.alone
+        elif place == 0:
+            opener = style.first
+        else:
+            opener = style.later[_below(rng, len(style.later))]
+        lines.append(opener + _lower(text) if opener else text)
+    return "\n".join(lines)
+
+
+def _styled(config: SyntheticConfig, question: str, solution: str, work: list[_Work]) -> str:
+    """The worked solution in a style drawn from the seed and the question alone."""
+    if config.solution_styles == 1:
+        return solution
+    digest = hashlib.sha1(f"{config.seed}\n{question}".encode("utf-8")).digest()
+    rng = random.Random(int.from_bytes(digest[:8], "big"))
+    style = _below(rng, config.solution_styles)
+    return solution if style == 0 else write_solution(work, SOLUTION_STYLES[style], rng)
 
 
 def split_of(question: str) -> str:
@@ -338,7 +475,7 @@ def generate_splits(config: SyntheticConfig) -> dict[str, list[Record]]:
         if missing == 0:
             break
         num_steps = config.min_steps + _below(rng, config.max_steps - config.min_steps + 1)
-        question, solution, answer = _draw(rng, config, num_steps)
+        question, solution, answer, work = _draw(rng, config, num_steps)
         if question in seen:
             continue
         seen.add(question)
@@ -346,6 +483,7 @@ def generate_splits(config: SyntheticConfig) -> dict[str, list[Record]]:
         split = splits[name]
         if len(split) < wanted[name]:
             uid = f"synthetic-{config.seed}-{name}-{len(split)}"
+            solution = _styled(config, question, solution, work)
             split.append(Record(uid=uid, question=question, answer=float(answer), chain_of_thought=solution))
             missing -= 1
     if missing:

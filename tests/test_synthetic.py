@@ -1,15 +1,26 @@
 from __future__ import annotations
 
+import hashlib
 import operator
 import random
 import re
 import time
+from collections import Counter, defaultdict
 
 import pytest
 
 from datamodules import synthetic
+from datamodules.answers import extract_answer
+from datamodules.prompts import format_target, tokenizer_corpus
 from datamodules.records import format_number
-from datamodules.synthetic import NAMES, SyntheticConfig, generate_problem, generate_splits
+from datamodules.synthetic import (
+    NAMES,
+    SOLUTION_STYLES,
+    SyntheticConfig,
+    generate_problem,
+    generate_splits,
+    write_solution,
+)
 
 SMALL = dict(num_train=300, num_val=20, num_test=30)
 EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
@@ -136,6 +147,8 @@ def test_generate_problem_alone_is_deterministic_and_leaves_uid_empty():
         ({"operations": ()}, "synthetic.operations"),
         ({"operations": ("add", "pow")}, "synthetic.operations"),
         ({"operations": "add"}, "synthetic.operations"),
+        ({"solution_styles": 0}, "synthetic.solution_styles must be between 1 and 8, got 0"),
+        ({"solution_styles": 9}, "synthetic.solution_styles"),
     ],
 )
 def test_impossible_knobs_are_refused_in_one_sentence(knobs, key):
@@ -165,3 +178,140 @@ def test_default_size_is_fast():
     assert len(splits["train"]) == 20000
     # About 1 s on a slow core; the margin is for busy CI machines, not for slack in the code.
     assert time.process_time() - start < 6.0
+
+
+# ---- solution styles ---------------------------------------------------------------------------
+# Equations as the styles write them: "3 * 4 = 12" or "3 times 4 is 12".
+ANY_EQUATION = re.compile(r"(\d+) ([-+*/]|plus|minus|times|divided by) (\d+) (?:=|is) (\d+)")
+WORDS = {"plus": "+", "minus": "-", "times": "*", "divided by": "/"}
+FRACTION_WORDS = {"half": 2, "a third": 3, "a quarter": 4}
+
+
+def check_styled_record(record, config: SyntheticConfig) -> list[tuple[int, str, int, int]]:
+    """Re-derives a solution in any style by data flow: each line holds one right equation whose
+    operands are numbers of the story or results of earlier lines, every result but the last is
+    used later, and the last one is the answer. Returns the equations."""
+    lines = record.chain_of_thought.split("\n")
+    assert config.min_steps <= len(lines) <= config.max_steps, record
+    assert "therefore" not in record.chain_of_thought.lower() and "####" not in record.chain_of_thought
+    told = {int(n) for n in re.findall(r"\d+", record.question)}
+    told |= {v for word, v in FRACTION_WORDS.items() if f" {word} as many" in record.question}
+    results, unused, equations = set(), [], []
+    for line in lines:
+        found = ANY_EQUATION.findall(line)
+        assert len(found) == 1, line
+        a, op, b, c = found[0]
+        a, op, b, c = int(a), WORDS.get(op, op), int(b), int(c)
+        assert APPLY[op](a, b) == c, line
+        assert set(map(int, re.findall(r"\d+", line))) <= {a, b, c}, line  # the result may be repeated
+        assert all(0 <= v <= config.max_value for v in (a, b, c)), line
+        for operand in (a, b):
+            assert operand in told or operand in results, (operand, record)
+            if operand in unused:
+                unused.remove(operand)
+        results.add(c)
+        unused.append(c)
+        equations.append((a, op, b, c))
+    assert unused == [equations[-1][3]], record  # no dangling result
+    assert record.answer == float(equations[-1][3])
+    assert extract_answer(format_target(record)) == record.answer
+    return equations
+
+
+def _digest(records) -> str:
+    h = hashlib.sha256()
+    for r in records:
+        h.update(repr((r.uid, r.question, r.chain_of_thought, r.answer)).encode())
+    return h.hexdigest()
+
+
+def test_one_style_writes_the_records_of_before_styles_existed_byte_for_byte():
+    # Digests of the generator's output at the commit before solution_styles, computed there.
+    splits = generate_splits(SyntheticConfig(num_train=200, num_val=20, num_test=20))
+    assert _digest(splits["train"] + splits["val"] + splits["test"]) == (
+        "6e3a7ac7aeac41b0bedbfd5aaadb7be74b360708f51b89b4bbd5cb2d4b0c04d2")
+    wide = SyntheticConfig(seed=7, num_train=200, num_val=20, num_test=20, min_steps=2, max_steps=4,
+                           max_operand=20, max_value=500)
+    splits = generate_splits(wide)
+    assert _digest(splits["train"] + splits["val"] + splits["test"]) == (
+        "da18b4f84caf5042dc10b194d03970602d263324e6cdbbbd8b07847bc55330fa")
+    problems = [generate_problem(random.Random(7), SyntheticConfig(), k) for k in (1, 2, 3, 4)]
+    assert _digest(problems) == "28372f96666e2c37f1961d84c40d1662613c374ffcfa9306d0e225cdc1505409"
+    # The embedded tokenizer is trained on this text, so it stays the same too.
+    corpus = hashlib.sha256()
+    for text in tokenizer_corpus():
+        corpus.update(text.encode() + b"\0")
+    assert corpus.hexdigest() == "91fcf44c48abe70210ec39a250d027f8e79c37376b8a69b37eda2fff3072c6a6"
+
+
+@pytest.mark.parametrize("steps", [(1, 3), (4, 4)])
+def test_every_styled_solution_checks_out_and_only_the_solutions_change(steps):
+    knobs = dict(SMALL, min_steps=steps[0], max_steps=steps[1])
+    plain = all_records(generate_splits(SyntheticConfig(**knobs)))
+    styled = all_records(generate_splits(SyntheticConfig(solution_styles=8, **knobs)))
+    assert [(r.uid, r.question, r.answer) for r in styled] == [(r.uid, r.question, r.answer) for r in plain]
+    config = SyntheticConfig(solution_styles=8, **knobs)
+    for record in styled:
+        check_styled_record(record, config)
+    changed = sum(a.chain_of_thought != b.chain_of_thought for a, b in zip(plain, styled))
+    assert changed > len(styled) / 2
+    # Some styled solutions keep the original template (style 0 is among those drawn).
+    assert changed < len(styled)
+
+
+def test_styles_reorder_independent_steps_and_commutative_operands():
+    config = SyntheticConfig(solution_styles=8, min_steps=3, max_steps=4, **SMALL)
+    late_independent = swapped = 0
+    for record in all_records(generate_splits(config)):
+        told = {int(n) for n in re.findall(r"\d+", record.question)}
+        equations = check_styled_record(record, config)
+        results = [c for _, _, _, c in equations]
+        # A line after the first whose operands are both from the story: grouped, then moved.
+        late_independent += any(a in told and b in told and a not in results[:i] and b not in results[:i]
+                                for i, (a, _, b, _) in enumerate(equations) if i > 0)
+        # The running quantity written second, as in "4 + 15 = 19".
+        swapped += any(b == results[i - 1] and a != results[i - 1] for i, (a, _, b, _) in enumerate(equations) if i)
+    assert late_independent >= 5 and swapped >= 20
+
+
+def test_styled_solutions_are_deterministic_per_seed_and_question():
+    config = SyntheticConfig(solution_styles=8, **SMALL)
+    first = generate_splits(config)
+    assert first == generate_splits(SyntheticConfig(solution_styles=8, **SMALL))
+    # The same question gets the same solution whatever else is drawn around it.
+    bigger = generate_splits(SyntheticConfig(solution_styles=8, num_train=600, num_val=20, num_test=30))
+    assert bigger["test"] == first["test"] and bigger["train"][:300] == first["train"]
+    problems = [generate_problem(random.Random(7), config, k) for k in (1, 2, 3, 4)]
+    assert problems == [generate_problem(random.Random(7), config, k) for k in (1, 2, 3, 4)]
+
+
+def _masked(text: str) -> str:
+    text = re.sub(r"\d+", "N", text)
+    return re.sub(r"\b(" + "|".join(NAMES) + r")\b", "P", text)
+
+
+@pytest.mark.parametrize("k", [2, 4, 8])
+def test_problems_of_one_structure_get_at_least_k_distinct_solutions(k):
+    knobs = dict(num_train=5000, num_val=1, num_test=1)
+    plain = generate_splits(SyntheticConfig(**knobs))["train"]
+    styled = generate_splits(SyntheticConfig(solution_styles=k, **knobs))["train"]
+    # A structure: the original solution with numbers and names masked (scenario, steps, wording).
+    solutions = defaultdict(set)
+    for a, b in zip(plain, styled):
+        solutions[_masked(a.chain_of_thought)].add(_masked(b.chain_of_thought))
+    largest = Counter(_masked(r.chain_of_thought) for r in plain).most_common(3)
+    assert all(len(solutions[key]) >= k for key, _ in largest), [solutions[key] for key, _ in largest]
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_every_style_writes_a_problem_differently_and_style_zero_is_the_template(steps):
+    config = SyntheticConfig(solution_styles=8)
+    rng = random.Random(3)
+    for _ in range(40):
+        question, solution, answer, work = synthetic._draw(rng, config, steps)
+        texts = [write_solution(work, style, random.Random(0)) for style in SOLUTION_STYLES]
+        assert texts[0] == solution
+        assert len(set(texts)) == len(SOLUTION_STYLES), texts
+        for text in texts:
+            record = synthetic.Record(uid="", question=question, answer=float(answer), chain_of_thought=text)
+            check_styled_record(record, SyntheticConfig(min_steps=1, max_steps=4))
