@@ -9,7 +9,10 @@ anyway. The parts here:
 - :class:`PartialReward`: CARFT's embedding-enhanced reward for wrong answers (section 3);
 - :class:`MajorityVoteReward`: 1 if the answer is its group's majority answer (TTRL, section 6);
 - :class:`ConfidenceReward`: RLSC's confidence exp(s_k), optionally only for majority answers (section 4);
-- :class:`FunctionReward`: any function named on the command line as ``package.module:function``.
+- :class:`FunctionReward`: any function named on the command line as ``package.module:function``;
+- the controls every RL method accepts, which tell whether a gain comes from the reward's
+  content: :class:`RandomReward` (the spurious-reward control, Shao et al. 2025, arXiv
+  2506.10947) and :class:`FormatReward` (1 if an answer can be read, whatever it is).
 
 A user function takes the :class:`~lightning_modules.rollout.Rollout` (``texts``,
 ``predictions``, ``answer`` when labeled, ``question``, ``group``) and returns one float per
@@ -113,6 +116,41 @@ class FunctionReward:
         return Rewards(values, {k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()})
 
 
+@dataclass
+class RandomReward:
+    """Control: an independent Bernoulli(``p``) reward per response, whatever it says. Drawn from
+    (seed, step, the batch's first question), so a resumed run draws the same rewards."""
+
+    seed: int = 0
+    p: float = 0.5
+    uses_labels: bool = field(default=False, init=False)
+
+    def __call__(self, rollout: Rollout, signals: Signals) -> Rewards:
+        first_question = int(rollout.question[0]) if len(rollout) else 0
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + rollout.step) * 1_000_003 + first_question)
+        values = (torch.rand(len(rollout), generator=generator) < self.p).float()
+        return Rewards(values.to(rollout.response_ids.device), {})
+
+
+@dataclass
+class FormatReward:
+    """Control: 1 if an answer can be read from the response, else 0, whether or not it is right."""
+
+    uses_labels: bool = field(default=False, init=False)
+
+    def __call__(self, rollout: Rollout, signals: Signals) -> Rewards:
+        values = torch.tensor([float(p is not None) for p in rollout.predictions], device=rollout.response_ids.device)
+        return Rewards(values, {})
+
+
+CONTROLS = ("random", "format")
+"""Reward names every RL method accepts besides its own."""
+
+
+def control_reward(name: str, seed: int):
+    return RandomReward(seed) if name == "random" else FormatReward()
+
+
 def is_function_spec(spec: str) -> bool:
     return ":" in spec
 
@@ -130,8 +168,8 @@ def load_function_reward(spec: str, uses_labels: bool) -> FunctionReward:
 
 
 def check_reward_name(spec: str, offered: tuple[str, ...]) -> None:
-    """Refuse a reward that is neither one of ``offered`` nor an importable ``package.module:function``."""
+    """Refuse a reward that is neither one of ``offered``, a control, nor an importable ``package.module:function``."""
     if is_function_spec(spec):
         load_function_reward(spec, uses_labels=False)
-    elif spec not in offered:
-        raise ConfigError(f"algo.reward must be one of {', '.join(offered)} or package.module:function, got {spec!r}")
+    elif spec not in offered + CONTROLS:
+        raise ConfigError(f"algo.reward must be one of {', '.join(offered + CONTROLS)} or package.module:function, got {spec!r}")

@@ -35,7 +35,7 @@ from lightning_modules.distributed import all_reduce_mean
 from lightning_modules.generation import decode, generate, response_logits
 from lightning_modules.losses import entropy_from_logits, masked_mean, token_logprobs
 from lightning_modules.policy import Policy
-from lightning_modules.rewards import check_reward_name, is_function_spec, load_function_reward
+from lightning_modules.rewards import CONTROLS, check_reward_name, control_reward, is_function_spec, load_function_reward
 from lightning_modules.rollout import Rewards, Rollout, Rows, Signals
 
 
@@ -58,7 +58,7 @@ class RLConfig:
     minibatches: int = 1
     """Optimizer updates per pass; the rollout's samples are split into this many parts."""
     reward: str = "rule"
-    """Reward part: rule (1 / 0.1 / 0 against the gold answer, ReFT), another name the method offers, or a function of the rollout given as package.module:function."""
+    """Reward part: rule (1 / 0.1 / 0 against the gold answer, ReFT), another name the method offers, a control (random: Bernoulli(0.5) from the run's seed; format: 1 if an answer parses), or a function of the rollout given as package.module:function."""
 
     def validate(self) -> None:
         require(self.samples_per_prompt >= 1, f"algo.samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
@@ -119,6 +119,8 @@ class RLModule(ReasoningModule):
         spec = self.algo.reward
         if is_function_spec(spec):
             return load_function_reward(spec, uses_labels=self.batch_kind(self.config) != "unlabeled")
+        if spec in CONTROLS:
+            return control_reward(spec, self.config.seed)
         return self.named_reward(spec)
 
     def named_reward(self, name: str):
@@ -217,6 +219,7 @@ class RLModule(ReasoningModule):
             texts=texts,
             predictions=predictions,
             group=n,
+            step=self.global_step,
             correct=correct,
             **labels,
         )

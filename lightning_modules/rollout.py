@@ -56,6 +56,8 @@ class Rollout(Rows):
     """[N] the extracted answers (None: no answer could be read); extraction needs no label."""
     group: int
     """Responses per question (``algo.samples_per_prompt``)."""
+    step: int = 0
+    """The training step that drew it (a reward that draws at random seeds itself with it)."""
     answer: torch.Tensor | None = None
     """[N] gold answers (float64), or None for unlabeled batches."""
     correct: torch.Tensor | None = None

@@ -93,8 +93,9 @@ def test_a_function_returning_the_wrong_count_is_refused():
 
 def test_unknown_reward_names_are_refused():
     check_reward_name("rule", ("rule",))
-    check_reward_name("pkg.mod:fn", ("rule",))
-    with pytest.raises(ConfigError, match="algo.reward must be one of rule"):
+    check_reward_name("tests.rewards:alternating", ("rule",))
+    check_reward_name("random", ("rule",))  # the controls go with every method
+    with pytest.raises(ConfigError, match="algo.reward must be one of rule, random, format"):
         check_reward_name("majority", ("rule",))
 
 
@@ -117,3 +118,31 @@ def test_bad_rewards_stop_the_run_with_one_sentence(capsys, tiny_args, method, e
     assert main(["--method", method, "--warmup_run", "null", *extra, *tiny_args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err and err.count("\n") == 1, err
+
+
+def test_the_random_control_is_a_fair_coin_drawn_again_alike():
+    from lightning_modules.rewards import RandomReward
+
+    r = rollout([1.0] * 400, group=4)
+    first, again = RandomReward(seed=3)(r, Signals()).values, RandomReward(seed=3)(r, Signals()).values
+    assert torch.equal(first, again), "a resumed run must draw the same rewards"
+    assert set(first.tolist()) <= {0.0, 1.0} and abs(first.mean().item() - 0.5) < 0.1
+    r.step = 1
+    assert not torch.equal(RandomReward(seed=3)(r, Signals()).values, first), "every step draws anew"
+
+
+def test_the_format_control_pays_for_any_readable_answer():
+    from lightning_modules.rewards import FormatReward
+
+    out = FormatReward()(rollout([3.0, None, -1.5, None], gold=[7.0] * 4), Signals())
+    assert out.values.tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("method", ["ppo", "grpo", "rlsc"])
+def test_every_rl_method_takes_the_controls(tiny_args, tmp_path, method):
+    for control in ("random", "format"):
+        argv = ["--method", method, "--run_name", f"{method}-{control}", "--warmup_run", "null", "--trainer.max_steps", "1",
+                "--trainer.val_every_n_steps", "1", "--data.batch_size", "2", "--algo.samples_per_prompt", "2",
+                "--algo.reward", control, *tiny_args] + (["--algo.eval_samples", "0"] if method == "rlsc" else [])
+        assert main(argv) == 0
+        assert "train/reward" in scalars(tmp_path / "runs" / f"{method}-{control}")
