@@ -45,6 +45,8 @@ class CARFTConfig(PPOConfig):
     """Width d of the CoT embedding e_t (CARFT: 64; the mlp head uses its own 256)."""
     pooling: str = "value_softmax"
     """How token embeddings become one vector: value_softmax (CARFT), mean or last."""
+    pooled_states: str = "at"
+    """Which hidden states a CoT's embeddings come from: at (the state at each CoT token, as the authors' code) or predicting (the state that predicts it, which includes the last prompt token's, shared by every sample of a question)."""
     objective: str = "infonce"
     """Contrastive objective: infonce (CARFT's positive and negative signals), triplet or supcon (seed options)."""
     lambda_cl: float = 0.1
@@ -73,6 +75,7 @@ class CARFTConfig(PPOConfig):
         require(self.head in ("shared", "separate", "mlp"), f"algo.head must be shared, separate or mlp, got {self.head!r}")
         require(self.embed_dim > 0, f"algo.embed_dim must be positive, got {self.embed_dim}")
         require(self.pooling in ("value_softmax", "mean", "last"), f"algo.pooling must be value_softmax, mean or last, got {self.pooling!r}")
+        require(self.pooled_states in ("at", "predicting"), f"algo.pooled_states must be at or predicting, got {self.pooled_states!r}")
         require(self.objective in ("infonce", "triplet", "supcon"), f"algo.objective must be infonce, triplet or supcon, got {self.objective!r}")
         require(self.lambda_cl >= 0, f"algo.lambda_cl must be >= 0, got {self.lambda_cl}")
         require(self.positive or self.negative, "algo.positive and algo.negative are both off; set algo.lambda_cl 0 to drop the contrastive loss")
@@ -110,6 +113,15 @@ class ContrastTargets(Rows):
 
 
 @dataclass
+class CoTTokens:
+    """Per-token CoT embeddings ``[N, T, d]`` and the scores that weight them in pooling ``[N, T]``
+    (the value head's output at the same states)."""
+
+    embeddings: torch.Tensor
+    scores: torch.Tensor
+
+
+@dataclass
 class CARFTScores(Rows):
     ppo: PPOScores
     contrast: ContrastTargets
@@ -136,20 +148,30 @@ class CARFTModule(PPOModule):
                     f"(data.path {self.config.data.path}); use annotated data such as ReFT's files"
                 )
 
-    def pool(self, embeddings: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return pool_cot(embeddings, values, mask, self.algo.pooling)
+    def pool(self, tokens: CoTTokens, mask: torch.Tensor) -> torch.Tensor:
+        return pool_cot(tokens.embeddings, tokens.scores, mask, self.algo.pooling)
+
+    def cot_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor, CoTTokens]:
+        """One forward pass over the last ``length`` tokens: logits ``[N, T, V]``, the critic's values
+        ``[N, T]`` (at the states that predict each token, as PPO's) and the CoT tokens to pool,
+        from the states ``algo.pooled_states`` names."""
+        at_tokens = self.algo.pooled_states == "at"
+        logits, hidden = response_logits(self.policy, input_ids, attention_mask, length, hidden=True, hidden_at_tokens=at_tokens)
+        values, embeddings = self.head(hidden)
+        if not at_tokens:
+            return logits, values, CoTTokens(embeddings, values)
+        return logits, values[:, :-1], CoTTokens(embeddings[:, 1:], values[:, 1:])
 
     # ---- scoring (no gradient) ------------------------------------------------------------
     def score(self, rollout: Rollout) -> tuple[CARFTScores, dict[str, torch.Tensor]]:
-        logp_old, values_old, embeddings, logits = self.policy_pass(rollout)
-        contrast, metrics = self.contrast_targets(rollout, embeddings, values_old)
+        logits, values_old, tokens = self.cot_pass(rollout.input_ids, rollout.attention_mask, rollout.response_ids.size(1))
+        logp_old = self.logprobs(logits, rollout.response_ids)
+        contrast, metrics = self.contrast_targets(rollout, tokens)
         rewards = self.rewards(rollout, Signals(cos_annotated=contrast.cos_annotated))
         ppo, ppo_metrics = self.ppo_scores(rollout, logits, logp_old, values_old, rewards)
         return CARFTScores(ppo, contrast), {**metrics, **ppo_metrics}
 
-    def contrast_targets(
-        self, rollout: Rollout, embeddings: torch.Tensor, values: torch.Tensor
-    ) -> tuple[ContrastTargets, dict[str, torch.Tensor]]:
+    def contrast_targets(self, rollout: Rollout, tokens: CoTTokens) -> tuple[ContrastTargets, dict[str, torch.Tensor]]:
         """The annotated representations, the cosines the partial reward reads, and the LCS pieces
         of every incorrect response."""
         target_ids, target_mask, response_mask = rollout.target_ids, rollout.target_mask, rollout.response_mask
@@ -157,10 +179,10 @@ class CARFTModule(PPOModule):
         n, prompt_length = rollout.group, rollout.prompt_length
         input_ids = torch.cat([rollout.input_ids[::n, :prompt_length], target_ids[::n]], dim=1)
         attention_mask = torch.cat([rollout.attention_mask[::n, :prompt_length], target_mask[::n]], dim=1)
-        _, hidden = response_logits(self.policy, input_ids, attention_mask, target_ids.size(1), hidden=True)
-        values_annotated, embeddings_annotated = (t.repeat_interleave(n, 0) for t in self.head(hidden))
-        z_annotated = self.pool(embeddings_annotated, values_annotated, target_mask)
-        cos_annotated = F.cosine_similarity(z_annotated, self.pool(embeddings, values, response_mask), dim=-1, eps=1e-8)
+        _, _, annotated = self.cot_pass(input_ids, attention_mask, target_ids.size(1))
+        annotated = CoTTokens(annotated.embeddings.repeat_interleave(n, 0), annotated.scores.repeat_interleave(n, 0))
+        z_annotated = self.pool(annotated, target_mask)
+        cos_annotated = F.cosine_similarity(z_annotated, self.pool(tokens, response_mask), dim=-1, eps=1e-8)
         correct = rollout.correct
         metrics = {
             "cos_correct": masked_mean(cos_annotated, correct),
@@ -178,40 +200,41 @@ class CARFTModule(PPOModule):
         # those with all three pieces are rows of the loss.
         negative = negative_rows(~correct, lcs_response, response_mask, lcs_annotated, target_mask)
         unmatched_annotated = target_mask.bool() & ~lcs_annotated
-        z_unmatched_annotated = self.pool(embeddings_annotated, values_annotated, unmatched_annotated)
+        z_unmatched_annotated = self.pool(annotated, unmatched_annotated)
         return ContrastTargets(z_annotated, cos_annotated, lcs_response, z_unmatched_annotated, *negative), metrics
 
     # ---- the CARFT objective (with gradient) ------------------------------------------------
     def loss(self, rollout: Rollout, scores: CARFTScores) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``L = L_policy + vf_coef * L_value + lambda_cl * L_contrastive`` (docs/METHODS.md section 3);
         with the seed's ``rl reinforce``, ``-(log-prob x reward)`` replaces PPO's two terms."""
-        logp, values, embeddings, _ = self.policy_pass(rollout)
+        logits, values, tokens = self.cot_pass(rollout.input_ids, rollout.attention_mask, rollout.response_ids.size(1))
+        logp = self.logprobs(logits, rollout.response_ids)
         if self.algo.rl == "ppo":
             policy_loss, value_loss, metrics = self.ppo_terms(rollout, scores.ppo, logp, values)
             rl_loss = policy_loss + self.algo.vf_coef * value_loss
         else:
             rl_loss = reinforce_loss(logp, scores.ppo.rewards, rollout.response_mask)
             metrics = {"policy_loss": rl_loss.detach()}
-        contrastive, keep_collectives, cl_metrics = self.contrastive_loss(rollout, scores.contrast, embeddings, values)
+        contrastive, keep_collectives, cl_metrics = self.contrastive_loss(rollout, scores.contrast, tokens)
         extra = self.algo.lambda_cl * contrastive + keep_collectives
         if self.algo.mse_weight > 0:
-            mse = representation_mse(self.pool(embeddings, values, rollout.response_mask.bool()), scores.contrast.z_annotated)
+            mse = representation_mse(self.pool(tokens, rollout.response_mask.bool()), scores.contrast.z_annotated)
             cl_metrics["loss_mse"] = mse.detach()
             extra = extra + self.algo.mse_weight * mse
         return rl_loss + extra, {**metrics, **cl_metrics}
 
     def contrastive_loss(
-        self, rollout: Rollout, targets: ContrastTargets, embeddings: torch.Tensor, values: torch.Tensor
+        self, rollout: Rollout, targets: ContrastTargets, tokens: CoTTokens
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """The contrastive term (InfoNCE's 0.5 * (L_pos + L_neg), or the seed's triplet or supcon),
         a zero that ties every gathered tensor into this rank's loss, and the terms' metrics."""
         algo, mask, correct = self.algo, rollout.response_mask.bool(), rollout.correct
-        z = self.pool(embeddings, values, mask)
+        z = self.pool(tokens, mask)
         use_negative = algo.objective == "infonce" and algo.negative
         parts = [z]
         if use_negative:
-            z_matched = self.pool(embeddings, values, mask & targets.lcs_response)
-            z_unmatched = self.pool(embeddings, values, mask & ~targets.lcs_response)
+            z_matched = self.pool(tokens, mask & targets.lcs_response)
+            z_unmatched = self.pool(tokens, mask & ~targets.lcs_response)
             parts.append(z_unmatched[targets.unmatched_candidate])
         # With gradient: other ranks' samples are candidates too, and their gradients go home.
         gathered = gather_rows(*parts)

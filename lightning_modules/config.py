@@ -162,6 +162,10 @@ class TrainerConfig:
     """Generation budget at validation and test (ReFT: 300 for GSM8K)."""
     sampler: str = "static_cache"
     """How responses are generated: static_cache (one cache allocated per batch, no per-token host sync) or hf_generate (Hugging Face's generate, for a model whose code cannot use a static cache); both draw the same tokens."""
+    keep_best: bool = False
+    """Also keep checkpoints/best.ckpt, the checkpoint with the highest val/accuracy so far (selected on validation, never on test)."""
+    early_stopping_patience: int = 0
+    """Stop after this many validations in a row without a higher val/accuracy (a plateau); 0 never stops early."""
     max_skipped_updates: int = 10
     """Stop the run after this many optimizer updates in a row had a non-finite loss or gradient (each is skipped)."""
 
@@ -169,6 +173,7 @@ class TrainerConfig:
         for name in ("max_steps", "num_nodes", "val_every_n_steps", "log_every_n_steps", "checkpoint_every_n_steps", "max_new_tokens", "max_skipped_updates"):
             require(getattr(self, name) > 0, f"trainer.{name} must be positive, got {getattr(self, name)}")
         require(self.gradient_clip_val >= 0, f"trainer.gradient_clip_val must be >= 0, got {self.gradient_clip_val}")
+        require(self.early_stopping_patience >= 0, f"trainer.early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
         require(
             self.devices == "auto" or (isinstance(self.devices, int) and self.devices > 0),
             f"trainer.devices must be a positive int or 'auto', got {self.devices!r}",

@@ -125,15 +125,18 @@ def sample_with_static_cache(
 
 
 def response_logits(
-    policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, hidden: bool = False
+    policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, hidden: bool = False,
+    hidden_at_tokens: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits ``[N, T, V]`` that score the last ``response_length`` tokens of ``input_ids``
     (``logits[:, t]`` scores response token t) and, if asked, the hidden states they come from,
-    ``[N, T, H]``. Only those positions go through the vocabulary projection."""
+    ``[N, T, H]``; with ``hidden_at_tokens`` also the state at the last token, ``[N, T + 1, H]``
+    (``states[:, 1:]`` are then the states at the response tokens themselves). Only the
+    response positions go through the vocabulary projection."""
     logits, states = policy(input_ids, attention_mask, return_hidden=hidden, logits_to_keep=response_length + 1)
     logits = logits[:, :-1]
     if states is not None:
-        states = states[:, -response_length - 1 : -1]
+        states = states[:, -response_length - 1 :] if hidden_at_tokens else states[:, -response_length - 1 : -1]
     return logits, states
 
 

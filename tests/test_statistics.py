@@ -70,3 +70,14 @@ def test_pooling_and_standard_error():
 def test_bad_inputs_are_refused(a, b):
     with pytest.raises(ValueError):
         paired_bootstrap(a, b)
+
+
+def test_ratio_interval_by_hand_and_for_equal_groups():
+    from workflows.statistics import ratio_interval
+
+    same = ratio_interval([10.0, 10.0], [10.0, 10.0], resamples=100)
+    assert same == Interval(0.0, 0.0, 0.0)
+    saving = ratio_interval([7.0, 7.0, 7.0], [10.0, 10.0, 10.0], resamples=100)
+    assert saving.estimate == pytest.approx(0.3) and saving.low == pytest.approx(0.3) and saving.high == pytest.approx(0.3)
+    spread = ratio_interval([5.0, 9.0], [10.0, 10.0], resamples=2000)
+    assert spread.estimate == pytest.approx(0.3) and spread.low == pytest.approx(0.1) and spread.high == pytest.approx(0.5)

@@ -31,7 +31,7 @@ def test_first_reaching_takes_the_first_point_at_or_above_the_target():
 @pytest.mark.slow
 def test_quick_study_writes_table_plots_commands_and_results(tmp_path, model_cache, capsys):
     out = tmp_path / "study"
-    argv = ["--quick", "--out", str(out), "--", "--model.cache_dir", str(model_cache)]
+    argv = ["--protocol", "matched", "--quick", "--out", str(out), "--", "--model.cache_dir", str(model_cache)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
 

@@ -1,4 +1,5 @@
-"""The comparison study (``scripts/compare.py``): one warm-up, then SFT-continued, PPO, CARFT,
+"""The matched-sample study (``scripts/compare.py --protocol matched``; the default study is the
+papers' protocol, :mod:`workflows.protocol`): one warm-up, then SFT-continued, PPO, CARFT,
 GRPO and RLSC from it for several seeds with matched budgets, each evaluated on the test split.
 
 **Budget.** Every run learns from the same number of responses: sampled responses for the
@@ -478,9 +479,41 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+PROTOCOLS = ("papers", "matched")
+
+
+def split_protocol(argv: list[str]) -> tuple[str, list[str]]:
+    """``--protocol NAME`` (papers by default) and the other arguments."""
+    rest, protocol, index = [], "papers", 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--":
+            rest += argv[index:]
+            break
+        if arg == "--protocol" and index + 1 < len(argv):
+            protocol, index = argv[index + 1], index + 2
+            continue
+        if arg.startswith("--protocol="):
+            protocol = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        index += 1
+    return protocol, rest
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``--protocol papers`` (the default, :mod:`workflows.protocol`) or ``--protocol matched`` (this module's study)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    return run_main(lambda: study(argv))
+    protocol, rest = split_protocol(argv)
+    if protocol == "papers":
+        from workflows import protocol as papers
+
+        return papers.main(rest)
+    return run_main(lambda: study(rest) if protocol == "matched" else unknown_protocol(protocol))
+
+
+def unknown_protocol(protocol: str) -> int:
+    raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
 
 
 def study(argv: list[str]) -> int:

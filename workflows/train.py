@@ -22,7 +22,7 @@ import transformers
 import yaml
 from transformers import AutoConfig
 from jsonargparse import ArgumentParser
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 import torch
@@ -182,6 +182,13 @@ def build_trainer(
         save_top_k=-1,
         save_last=True,
     )
+    watchers: list[L.Callback] = []
+    if tc.keep_best:
+        watchers.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/accuracy", mode="max",
+                                        save_top_k=1, save_last=False, auto_insert_metric_name=False, enable_version_counter=False))
+    if tc.early_stopping_patience:
+        # Counted in validations: it is checked after each one, never at the end of a training epoch.
+        watchers.append(EarlyStopping(monitor="val/accuracy", mode="max", patience=tc.early_stopping_patience, check_on_train_epoch_end=False))
     logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard", default_hp_metric=False,
                                **({"purge_step": resume_step} if resume_step is not None else {}))
     try:
@@ -201,7 +208,7 @@ def build_trainer(
             num_sanity_val_steps=0,
             use_distributed_sampler=False,  # the DataModule shards by rank itself (exact resume)
             logger=logger,
-            callbacks=[checkpoints, HuggingFaceExport(run_dir / "hf", adapters_only), StepProgressBar(), *callbacks],
+            callbacks=[checkpoints, *watchers, HuggingFaceExport(run_dir / "hf", adapters_only), StepProgressBar(), *callbacks],
             plugins=[AtomicCheckpointIO()],
             default_root_dir=str(run_dir),
             enable_model_summary=False,
