@@ -93,7 +93,7 @@ def test_a_function_returning_the_wrong_count_is_refused():
 
 def test_unknown_reward_names_are_refused():
     check_reward_name("rule", ("rule",))
-    check_reward_name("pkg.mod:fn", ("rule",))
+    check_reward_name("tests.rewards:alternating", ("rule",))
     with pytest.raises(ConfigError, match="algo.reward must be one of rule"):
         check_reward_name("majority", ("rule",))
 
