@@ -141,8 +141,8 @@ NAN_SCRIPT = textwrap.dedent(
         # Rank 0's losses at step 1 are NaN; rank 1's are fine. Both ranks must skip alike.
         def setup(self, trainer, pl_module, stage):
             original = pl_module.loss
-            def loss(minibatch):
-                value, metrics = original(minibatch)
+            def loss(rollout, scores):
+                value, metrics = original(rollout, scores)
                 if trainer.global_rank == 0 and pl_module.global_step == 1:
                     value = value * float("nan")
                 return value, metrics

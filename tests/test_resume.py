@@ -156,8 +156,8 @@ class Poison(L.Callback):
         poison = self
 
         if original is not None:  # RL: the minibatch loss
-            def loss(minibatch):
-                value, metrics = original(minibatch)
+            def loss(rollout, scores):
+                value, metrics = original(rollout, scores)
                 bad = poison.steps is None or pl_module.global_step in poison.steps
                 return (value * float("nan") if bad else value), metrics
             pl_module.loss = loss

@@ -133,7 +133,7 @@ def test_a_finished_sft_run_with_the_warmups_settings_serves_as_the_warmup(tiny_
     parse = run.parse_config
     short = ["--trainer.max_steps", "2", "--trainer.val_every_n_steps", "2", "--trainer.max_new_tokens", "16"]
     monkeypatch.setattr(run, "parse_config", lambda argv: parse([*argv, *short]))
-    sft_argv = ["--method", "sft", "--run_name", "my-sft", *tiny_args]
+    sft_argv = ["--method", "sft", "--run_name", "my-sft", *tiny_args, "--data.batch_size", "16"]  # configs/sft.yaml's batch
     assert run.main(sft_argv) == 0
     sft_export = tmp_path / "runs" / "my-sft" / "hf"
     stamp = (sft_export / "model.safetensors").stat().st_mtime_ns
@@ -146,8 +146,12 @@ def test_a_finished_sft_run_with_the_warmups_settings_serves_as_the_warmup(tiny_
     assert (sft_export / "model.safetensors").stat().st_mtime_ns == stamp
     # A run with other SFT settings is not taken for the warm-up.
     assert run.main([*sft_argv[:3], "other-sft", *sft_argv[4:], "--optim.lr", "0.5"]) == 0
+    assert run.main([*sft_argv[:3], "logged-more", *sft_argv[4:], "--trainer.log_every_n_steps", "3"]) == 0
     shutil.rmtree(tmp_path / "runs" / "my-sft")
     train(parse([*argv[:3], "rl2", *argv[4:]])[0])
+    assert "logged-more was trained with the warm-up's settings" in capsys.readouterr().err, "logging cadence does not shape the weights"
+    shutil.rmtree(tmp_path / "runs" / "logged-more")
+    train(parse([*argv[:3], "rl3", *argv[4:]])[0])
     assert "training it first" in capsys.readouterr().err
 
 

@@ -356,9 +356,13 @@ def warmup_config(config: RunConfig) -> RunConfig:
 
 def finished_run_like(config: RunConfig) -> Path | None:
     """The newest run folder under ``config.runs_dir`` with an hf/ export whose config.yaml equals
-    ``config`` but for the run's name and folder; None if there is none."""
+    ``config`` in everything that shapes the weights (not its name, folder, logging cadence or
+    evaluation batch size); None if there is none."""
     def settings(values: dict) -> dict:
-        return {k: v for k, v in values.items() if k not in ("run_name", "runs_dir")}
+        trainer = {k: v for k, v in values.get("trainer", {}).items() if k not in ("log_every_n_steps", "checkpoint_every_n_steps")}
+        data = {k: v for k, v in values.get("data", {}).items() if k not in ("eval_batch_size", "num_workers")}
+        rest = {k: v for k, v in values.items() if k not in ("run_name", "runs_dir", "trainer", "data")}
+        return {**rest, "trainer": trainer, "data": data}
 
     wanted = settings(config_dict(config))
     found = []
