@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import re
 
+import torch
+
 # One number: integer (thousands commas only in proper groups of three, so "1,2" is not a
 # number), decimal (".5", "3.", "3.25"), optional sign. ASCII digits only.
 _NUM = r"-?(?:(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]*)?|\.[0-9]+)"
@@ -146,3 +148,22 @@ def majority_agreement(answers: list[float | None], group: int) -> tuple[list[bo
         shares.append(share)
         agrees += [a is not None and majority is not None and is_correct(a, majority) for a in members]
     return agrees, shares
+
+
+def answer_frequency_reward(answers: list[float | None], group: int) -> torch.Tensor:
+    """EMPO's semantic-entropy reward (arXiv 2504.05812, docs/METHODS.md section 9): for consecutive
+    groups of ``group`` answers, each answer's share of its group (the whole group, unparsed answers
+    included, as denominator; the answer itself counts) whose answer equals its own by
+    ``is_correct``; an unparsed answer gets 0. ``[N]`` float32. The comparison is pairwise, not a
+    clustering: within 0.01 is not transitive, so 1.0, 1.008 and 1.016 get 2/3, 1 and 2/3."""
+    if group < 1:
+        raise ValueError(f"group must be at least 1, got {group}")
+    rewards: list[float] = []
+    for start in range(0, len(answers), group):
+        members = answers[start : start + group]
+        for own in members:
+            if own is None:
+                rewards.append(0.0)
+            else:
+                rewards.append(sum(is_correct(other, own) for other in members) / len(members))
+    return torch.tensor(rewards, dtype=torch.float32)

@@ -1,4 +1,4 @@
-"""Shared pieces of every RL loss: masked means, log-probs at a temperature, entropy, KL estimators, the clipped surrogate and its token aggregations (docs/METHODS.md sections 0, 2 and 5)."""
+"""Shared pieces of every RL loss: masked means, log-probs at a temperature, entropy, KL estimators, the clipped surrogate (with DAPO's clip-higher) and its token aggregations (docs/METHODS.md sections 0, 2, 5 and 9)."""
 
 from __future__ import annotations
 
@@ -53,15 +53,21 @@ def kl_k3(logp: torch.Tensor, logp_ref: torch.Tensor, clamp: float = 20.0) -> to
 
 
 def clipped_surrogate(
-    logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, clip_eps: float = 0.2
+    logp: torch.Tensor,
+    logp_old: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token ``max(-A * ratio, -A * clip(ratio, 1-eps, 1+eps))`` with ``ratio = exp(logp - logp_old)``,
-    and where the clipped term is the larger (bool). The log-ratio is taken in float32 (or wider) and clamped
-    to +-20, so a stale or corrupted log-prob cannot overflow the ratio to inf."""
+    """Per-token ``max(-A * ratio, -A * clip(ratio, 1-eps, 1+eps_high))`` with ``ratio = exp(logp - logp_old)``,
+    and where the clipped term is the larger (bool). ``eps_high`` is ``clip_eps_high`` when given (DAPO's
+    clip-higher, arXiv 2503.14476), else ``clip_eps``. The log-ratio is taken in float32 (or wider) and
+    clamped to +-20, so a stale or corrupted log-prob cannot overflow the ratio to inf."""
     wide = torch.promote_types(logp.dtype, torch.float32)
     ratio = torch.exp((logp.to(wide) - logp_old.to(wide)).clamp(-20.0, 20.0))
+    upper = 1.0 + (clip_eps if clip_eps_high is None else clip_eps_high)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, upper)
     return torch.maximum(unclipped, clipped), clipped > unclipped
 
 
