@@ -15,13 +15,15 @@ from lightning_modules.distributed import all_reduce_sum, world_size
 from lightning_modules.losses import (
     aggregate_loss,
     clipped_surrogate,
+    entropy_reward,
     grpo_advantages,
     kl_k3,
     masked_mean,
+    self_certainty,
 )
 from lightning_modules.rewards import MajorityVoteReward, RuleReward
 from lightning_modules.rl_base import RLConfig, RLModule
-from lightning_modules.rollout import Rollout, Rows
+from lightning_modules.rollout import Rollout, Rows, Signals
 
 
 @dataclass
@@ -85,13 +87,15 @@ class GRPOModule(RLModule):
 
     def score(self, rollout: Rollout) -> tuple[GRPOScores, dict[str, torch.Tensor]]:
         logits, logp_old, logp_ref = None, None, None
-        if not self.single_update:
+        needs = getattr(self.reward, "needs", ())
+        if not self.single_update or needs:  # old log-probs, or a reward read off the policy's own distributions
             logits, _ = self.forward_responses(self.policy, rollout)
+        if not self.single_update:
             logp_old = self.logprobs(logits, rollout.response_ids)
         metrics = self.rollout_metrics(rollout, logits)
         if self.uses_reference:
             logp_ref = self.logprobs(self.reference_logits(rollout), rollout.response_ids)
-        rewards = self.rewards(rollout)
+        rewards = self.rewards(rollout, self.distribution_signals(logits, rollout.response_mask, needs))
         grouped = rewards.values.view(-1, rollout.group)
         metrics |= rewards.metrics
         metrics["reward"] = grouped.mean()
@@ -100,6 +104,21 @@ class GRPOModule(RLModule):
         if self.algo.loss_aggregation == "dapo":  # the same on every rank, so every rank joins this all-reduce
             rollout_tokens = int(all_reduce_sum(rollout.response_mask.sum()).item())
         return GRPOScores(grpo_advantages(grouped, self.algo.scale).view(-1), logp_old, logp_ref, rollout_tokens), metrics
+
+    def distribution_signals(self, logits: torch.Tensor | None, mask: torch.Tensor, needs: tuple[str, ...]) -> Signals:
+        """What a label-free reward reads off the policy's next-token distributions at the scoring
+        temperature, computed only when the reward part asks for it."""
+        signals = Signals()
+        if not needs:
+            return signals
+        scaled = logits / self.score_temperature
+        if "self_certainty" in needs:
+            signals.self_certainty = self_certainty(scaled, mask)
+        if "entropy" in needs:
+            signals.entropy = -entropy_reward(scaled, mask, "mean")
+        if "entropy_sum" in needs:
+            signals.entropy_sum = -entropy_reward(scaled, mask, "sum")
+        return signals
 
     def loss(self, rollout: Rollout, scores: GRPOScores) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = rollout.response_mask

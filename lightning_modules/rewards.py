@@ -9,6 +9,8 @@ anyway. The parts here:
 - :class:`PartialReward`: CARFT's embedding-enhanced reward for wrong answers (section 3);
 - :class:`MajorityVoteReward`: 1 if the answer is its group's majority answer (TTRL, section 6);
 - :class:`ConfidenceReward`: RLSC's confidence exp(s_k), optionally only for majority answers (section 4);
+- :class:`SelfCertaintyReward`, :class:`EntropyReward` and :class:`AnswerFrequencyReward`: the
+  label-free family's rewards (INTUITOR, RENT / EM-RL, EMPO; docs/METHODS.md section 9);
 - :class:`FunctionReward`: any function named on the command line as ``package.module:function``;
 - the controls every RL method accepts, which tell whether a gain comes from the reward's
   content: :class:`RandomReward` (the spurious-reward control, Shao et al. 2025, arXiv
@@ -22,12 +24,13 @@ response (a list or a tensor), or a pair ``(rewards, metrics)`` with a dict of s
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from datamodules.answers import majority_agreement, rule_reward
+from datamodules.answers import answer_frequency_reward, is_correct, majority_agreement, rule_reward
 from datamodules.config import ConfigError
 from lightning_modules.losses import partial_reward
 from lightning_modules.rollout import Rewards, Rollout, Signals
@@ -114,6 +117,76 @@ class FunctionReward:
         if not torch.isfinite(values).all():
             raise ValueError(f"reward function {self.name} returned a non-finite reward")
         return Rewards(values, {k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()})
+
+
+@dataclass
+class SelfCertaintyReward:
+    """Label-free (INTUITOR): the response's self-certainty, the mean over its tokens of
+    KL(uniform || p_t); confident responses earn more."""
+
+    uses_labels: bool = field(default=False, init=False)
+    needs: tuple[str, ...] = field(default=("self_certainty",), init=False)
+
+    def __call__(self, rollout: Rollout, signals: Signals) -> Rewards:
+        return Rewards(signals.self_certainty, {"self_certainty": signals.self_certainty.mean()})
+
+
+@dataclass
+class EntropyReward:
+    """Label-free: minus the response's token entropy, its mean (RENT) or its sum (EM-RL)."""
+
+    reduction: str = "mean"
+    uses_labels: bool = field(default=False, init=False)
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return ("entropy",) if self.reduction == "mean" else ("entropy_sum",)
+
+    def __call__(self, rollout: Rollout, signals: Signals) -> Rewards:
+        entropy = signals.entropy if self.reduction == "mean" else signals.entropy_sum
+        return Rewards(-entropy, {})
+
+
+@dataclass
+class AnswerFrequencyReward:
+    """Label-free (EMPO): the share of the question's samples that give this sample's answer
+    (unparsed: 0). A question whose answers are too spread out, entropy of their distribution
+    above ``max_entropy`` x log(group), earns 0 on every sample: it carries no signal."""
+
+    max_entropy: float = 0.75
+    uses_labels: bool = field(default=False, init=False)
+
+    def __call__(self, rollout: Rollout, signals: Signals) -> Rewards:
+        values = answer_frequency_reward(rollout.predictions, rollout.group).to(rollout.response_ids.device)
+        groups = values.view(-1, rollout.group)
+        entropy = answer_entropy(rollout.predictions, rollout.group).to(values.device)
+        kept = entropy <= self.max_entropy * math.log(rollout.group)
+        values = (groups * kept[:, None]).view(-1)
+        return Rewards(values, {"answer_entropy": entropy.mean(), "frac_groups_filtered": 1 - kept.float().mean()})
+
+
+def answer_entropy(predictions: list[float | None], group: int) -> torch.Tensor:
+    """[Q] entropy of each question's answer distribution over its ``group`` samples: answers within
+    the checker's tolerance of a cluster's first answer join it (as the majority vote clusters),
+    and every unparsed sample is an outcome of its own."""
+    out = []
+    for start in range(0, len(predictions), group):
+        members = predictions[start : start + group]
+        clusters: list[list[float]] = []
+        singles = 0
+        for answer in members:
+            if answer is None:
+                singles += 1
+                continue
+            for cluster in clusters:
+                if is_correct(answer, cluster[0]):
+                    cluster.append(answer)
+                    break
+            else:
+                clusters.append([answer])
+        counts = [len(c) for c in clusters] + [1] * singles
+        out.append(-sum(c / len(members) * math.log(c / len(members)) for c in counts))
+    return torch.tensor(out, dtype=torch.float32)
 
 
 @dataclass

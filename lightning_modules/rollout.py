@@ -89,6 +89,12 @@ class Signals(Rows):
     """[N] s = the response's summed token log-probs at the scoring temperature (RLSC's s_k)."""
     cos_annotated: torch.Tensor | None = None
     """[N] cosine of the response's pooled representation with its annotated CoT's (CARFT)."""
+    self_certainty: torch.Tensor | None = None
+    """[N] mean over the response's tokens of KL(uniform || p_t) at the scoring temperature (INTUITOR)."""
+    entropy: torch.Tensor | None = None
+    """[N] mean over the response's tokens of the entropy of p_t at the scoring temperature (RENT)."""
+    entropy_sum: torch.Tensor | None = None
+    """[N] the same entropies summed over the response's tokens (EM-RL)."""
 
 
 @dataclass
