@@ -116,9 +116,9 @@ def rule_reward(pred: float | None, gold: float) -> float:
     return CORRECT_REWARD if is_correct(pred, gold) else WRONG_ANSWER_REWARD
 
 
-def majority_answer(answers: list[float | None]) -> tuple[float | None, float]:
-    """The most common extracted answer (equal within the checking tolerance) and its share of
-    all samples, unparsed ones included; ties go to the first seen. ``(None, 0.0)`` if none parsed."""
+def answer_clusters(answers: list[float | None]) -> tuple[list[float], list[int]]:
+    """The parsed answers grouped as equal: each joins the first earlier representative within the
+    checking tolerance, else starts its own. Representatives in order of first appearance, and counts."""
     representatives: list[float] = []
     counts: list[int] = []
     for answer in answers:
@@ -131,6 +131,26 @@ def majority_answer(answers: list[float | None]) -> tuple[float | None, float]:
         else:
             representatives.append(answer)
             counts.append(1)
+    return representatives, counts
+
+
+def answer_entropy(answers: list[float | None], group: int) -> list[float]:
+    """For consecutive groups of ``group`` answers, the entropy of the group's answer distribution:
+    answers clustered as :func:`answer_clusters` does, every unparsed answer an outcome of its own
+    (EMPO's semantic entropy with the answer as the meaning)."""
+    out = []
+    for start in range(0, len(answers), group):
+        members = answers[start : start + group]
+        _, counts = answer_clusters(members)
+        counts += [1] * sum(a is None for a in members)
+        out.append(-sum(c / len(members) * math.log(c / len(members)) for c in counts))
+    return out
+
+
+def majority_answer(answers: list[float | None]) -> tuple[float | None, float]:
+    """The most common extracted answer (equal within the checking tolerance) and its share of
+    all samples, unparsed ones included; ties go to the first seen. ``(None, 0.0)`` if none parsed."""
+    representatives, counts = answer_clusters(answers)
     if not counts:
         return None, 0.0
     best = max(range(len(counts)), key=lambda i: (counts[i], -i))

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from datamodules.answers import answer_frequency_reward, is_correct, majority_agreement, rule_reward
+from datamodules.answers import answer_entropy, answer_frequency_reward, majority_agreement, rule_reward
 from datamodules.config import ConfigError
 from lightning_modules.losses import partial_reward
 from lightning_modules.rollout import Rewards, Rollout, Signals
@@ -159,34 +159,10 @@ class AnswerFrequencyReward:
     def __call__(self, rollout: Rollout, signals: Signals) -> Rewards:
         values = answer_frequency_reward(rollout.predictions, rollout.group).to(rollout.response_ids.device)
         groups = values.view(-1, rollout.group)
-        entropy = answer_entropy(rollout.predictions, rollout.group).to(values.device)
+        entropy = torch.tensor(answer_entropy(rollout.predictions, rollout.group), device=values.device)
         kept = entropy <= self.max_entropy * math.log(rollout.group)
         values = (groups * kept[:, None]).view(-1)
         return Rewards(values, {"answer_entropy": entropy.mean(), "frac_groups_filtered": 1 - kept.float().mean()})
-
-
-def answer_entropy(predictions: list[float | None], group: int) -> torch.Tensor:
-    """[Q] entropy of each question's answer distribution over its ``group`` samples: answers within
-    the checker's tolerance of a cluster's first answer join it (as the majority vote clusters),
-    and every unparsed sample is an outcome of its own."""
-    out = []
-    for start in range(0, len(predictions), group):
-        members = predictions[start : start + group]
-        clusters: list[list[float]] = []
-        singles = 0
-        for answer in members:
-            if answer is None:
-                singles += 1
-                continue
-            for cluster in clusters:
-                if is_correct(answer, cluster[0]):
-                    cluster.append(answer)
-                    break
-            else:
-                clusters.append([answer])
-        counts = [len(c) for c in clusters] + [1] * singles
-        out.append(-sum(c / len(members) * math.log(c / len(members)) for c in counts))
-    return torch.tensor(out, dtype=torch.float32)
 
 
 @dataclass

@@ -10,7 +10,8 @@ import torch
 
 from datamodules.synthetic import SyntheticConfig, generate_splits
 from lightning_modules.policy import Policy, resolve_model_path
-from lightning_modules.rewards import AnswerFrequencyReward, EntropyReward, SelfCertaintyReward, answer_entropy
+from datamodules.answers import answer_entropy
+from lightning_modules.rewards import AnswerFrequencyReward, EntropyReward, SelfCertaintyReward
 from lightning_modules.rollout import Signals
 from tests.runs import checkpoint_state, scalars
 from tests.test_rewards import rollout
@@ -79,7 +80,7 @@ def test_answer_entropy_and_empos_filter_by_hand():
     # Group 1: answers 5, 5, 5, 7 -> entropy -(3/4 ln 3/4 + 1/4 ln 1/4); group 2: four different -> ln 4.
     predictions = [5.0, 5.0, 5.0, 7.0, 1.0, 2.0, None, 4.0]
     entropy = answer_entropy(predictions, 4)
-    assert entropy.tolist() == pytest.approx([-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)), math.log(4)])
+    assert entropy == pytest.approx([-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)), math.log(4)])
     out = AnswerFrequencyReward(max_entropy=0.75)(rollout(predictions, group=4), Signals())
     # The second group (entropy ln 4 > 0.75 ln 4) is filtered: every sample earns 0.
     assert out.values.tolist() == pytest.approx([0.75, 0.75, 0.75, 0.25, 0.0, 0.0, 0.0, 0.0])
