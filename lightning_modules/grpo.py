@@ -15,10 +15,15 @@ from lightning_modules.distributed import all_reduce_sum, world_size
 from lightning_modules.losses import (
     aggregate_loss,
     clipped_surrogate,
+    entropy_from_logits,
     entropy_reward,
     grpo_advantages,
+    gspo_loss,
+    kl_k1,
+    kl_k2,
     kl_k3,
     masked_mean,
+    overlong_penalty,
     self_certainty,
 )
 from lightning_modules.rewards import MajorityVoteReward, RuleReward
@@ -44,9 +49,31 @@ class GRPOConfig(RLConfig):
     """grpo (mean of sequence means), dr_grpo (sum / (B * max_new_tokens)) or dapo (sum / response tokens of the whole rollout, all ranks, as TRL)."""
     reward: str = "rule"
     """rule (1 / 0.1 / 0 against the gold answer), majority (label-free: 1 if the sample agrees with its group's majority answer, TTRL) or package.module:function."""
+    clip_eps_high: float | None = None
+    """Upper ratio clip 1 + this (DAPO's clip-higher: 0.28); null: clip_eps on both sides."""
+    importance: str = "token"
+    """token (GRPO: one ratio per token) or sequence (GSPO, arXiv 2507.18071: one length-normalised ratio per response, clipped by gspo_clip_low / gspo_clip_high)."""
+    gspo_clip_low: float = 3e-4
+    """GSPO's lower clip (GSPO: 3e-4)."""
+    gspo_clip_high: float = 4e-4
+    """GSPO's upper clip (GSPO: 4e-4)."""
+    kl_estimator: str = "k3"
+    """Per-token KL estimator of the kl_coef term: k1 (logp - ref), k2 (0.5 (logp - ref)^2) or k3 (DeepSeekMath's)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus: the loss subtracts this times the mean token entropy (0 is off, as in DeepSeekMath)."""
+    overlong_buffer: int = 0
+    """DAPO's soft overlong penalty: responses longer than max_new_tokens minus this lose up to 1 (DAPO: 4096 of 20480); 0 is off."""
+    mask_truncated: bool = False
+    """Leave responses cut at max_new_tokens out of the loss (DAPO's overlong filtering)."""
 
     def validate(self) -> None:
         super().validate()
+        require(self.clip_eps_high is None or self.clip_eps_high > 0, f"algo.clip_eps_high must be positive, got {self.clip_eps_high}")
+        require(self.importance in ("token", "sequence"), f"algo.importance must be token or sequence, got {self.importance!r}")
+        require(self.gspo_clip_low > 0 and self.gspo_clip_high > 0, "algo.gspo_clip_low and algo.gspo_clip_high must be positive")
+        require(self.kl_estimator in ("k1", "k2", "k3"), f"algo.kl_estimator must be k1, k2 or k3, got {self.kl_estimator!r}")
+        require(self.entropy_coef >= 0, f"algo.entropy_coef must be >= 0, got {self.entropy_coef}")
+        require(self.overlong_buffer >= 0, f"algo.overlong_buffer must be >= 0, got {self.overlong_buffer}")
         require(self.samples_per_prompt >= 2, f"algo.samples_per_prompt must be at least 2: a group-normalised advantage needs a group, got {self.samples_per_prompt}")
         require(self.clip_eps > 0, f"algo.clip_eps must be positive, got {self.clip_eps}")
         require(self.kl_coef >= 0, f"algo.kl_coef must be >= 0, got {self.kl_coef}")
@@ -67,6 +94,9 @@ class GRPOScores(Rows):
     rollout_tokens: int | None = None
     """Response tokens of the whole rollout summed over ranks, dapo's denominator; None for the other
     aggregations. Not a row field: every minibatch keeps it whole."""
+
+
+KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
 class GRPOModule(RLModule):
@@ -96,7 +126,13 @@ class GRPOModule(RLModule):
         if self.uses_reference:
             logp_ref = self.logprobs(self.reference_logits(rollout), rollout.response_ids)
         rewards = self.rewards(rollout, self.distribution_signals(logits, rollout.response_mask, needs))
-        grouped = rewards.values.view(-1, rollout.group)
+        values = rewards.values
+        truncated = self.truncated(rollout)
+        metrics["overlong_share"] = truncated.float().mean()
+        if self.algo.overlong_buffer:
+            lengths = rollout.response_mask.sum(-1)
+            values = values + overlong_penalty(lengths, self.config.trainer.max_new_tokens, self.algo.overlong_buffer).to(values.dtype)
+        grouped = values.view(-1, rollout.group)
         metrics |= rewards.metrics
         metrics["reward"] = grouped.mean()
         metrics["frac_reward_zero_std"] = (grouped.std(dim=-1) == 0).float().mean() if rollout.group > 1 else torch.ones(())
@@ -104,6 +140,11 @@ class GRPOModule(RLModule):
         if self.algo.loss_aggregation == "dapo":  # the same on every rank, so every rank joins this all-reduce
             rollout_tokens = int(all_reduce_sum(rollout.response_mask.sum()).item())
         return GRPOScores(grpo_advantages(grouped, self.algo.scale).view(-1), logp_old, logp_ref, rollout_tokens), metrics
+
+    def truncated(self, rollout: Rollout) -> torch.Tensor:
+        """[N] bool: responses cut at max_new_tokens (no EOS)."""
+        ended = (rollout.response_ids == self.tokenizer.eos_token_id) & rollout.response_mask.bool()
+        return ~ended.any(-1)
 
     def distribution_signals(self, logits: torch.Tensor | None, mask: torch.Tensor, needs: tuple[str, ...]) -> Signals:
         """What a label-free reward reads off the policy's next-token distributions at the scoring
@@ -122,23 +163,39 @@ class GRPOModule(RLModule):
 
     def loss(self, rollout: Rollout, scores: GRPOScores) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = rollout.response_mask
+        if self.algo.mask_truncated:
+            mask = mask * (~self.truncated(rollout)).to(mask.dtype)[:, None]
         logits, _ = self.forward_responses(self.policy, rollout)
         logp = self.logprobs(logits, rollout.response_ids)
         metrics = {}
         if self.single_update:  # the rollout was not scored: its log-probs and entropy are this pass's
             logp_old = logp.detach()
-            metrics["entropy"] = self.entropy(logits, mask)
+            metrics["entropy"] = self.entropy(logits, rollout.response_mask)
         else:
             logp_old = scores.logp_old
-        per_token, clipped = clipped_surrogate(logp, logp_old, scores.advantages[:, None], self.algo.clip_eps)
-        metrics["clip_frac"] = masked_mean(clipped.float(), mask).detach()
+        if self.algo.importance == "sequence":
+            loss, metrics["clip_frac"] = gspo_loss(logp, logp_old, scores.advantages, mask, self.algo.gspo_clip_low, self.algo.gspo_clip_high)
+            per_token = torch.zeros_like(logp)
+        else:
+            per_token, clipped = clipped_surrogate(logp, logp_old, scores.advantages[:, None], self.algo.clip_eps, self.algo.clip_eps_high)
+            metrics["clip_frac"] = masked_mean(clipped.float(), mask).detach()
+            metrics |= self.clip_ratios(clipped, scores.advantages, mask)
         if self.uses_reference:
-            kl = kl_k3(logp, scores.logp_ref)
+            kl = KL_ESTIMATORS[self.algo.kl_estimator](logp, scores.logp_ref)
             per_token = per_token + self.algo.kl_coef * kl
             metrics["kl"] = masked_mean(kl, mask).detach()
+        if self.algo.entropy_coef:
+            per_token = per_token - self.algo.entropy_coef * entropy_from_logits(logits / self.score_temperature)
         # dapo: this minibatch's token sum over the rollout's global token count, times the number
         # of ranks because DDP averages their gradients; summed over minibatches and ranks, the
         # update follows the gradient of one token mean over the whole rollout (TRL's normaliser).
         num_tokens = scores.rollout_tokens / world_size() if scores.rollout_tokens is not None else None
-        loss = aggregate_loss(per_token, mask, self.algo.loss_aggregation, self.config.trainer.max_new_tokens, num_tokens)
-        return loss, metrics
+        token_terms = aggregate_loss(per_token, mask, self.algo.loss_aggregation, self.config.trainer.max_new_tokens, num_tokens)
+        return (loss + token_terms if self.algo.importance == "sequence" else token_terms), metrics
+
+    @staticmethod
+    def clip_ratios(clipped: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Shares of tokens clipped at the lower bound (negative advantage) and at the upper one (positive)."""
+        negative = (advantages < 0)[:, None]
+        return {"clip_ratio/low": masked_mean((clipped & negative).float(), mask).detach(),
+                "clip_ratio/high": masked_mean((clipped & ~negative).float(), mask).detach()}

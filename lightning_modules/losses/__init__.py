@@ -28,6 +28,7 @@ from lightning_modules.losses.common import (
     clipped_surrogate,
     entropy_from_logits,
     kl_k1,
+    kl_k2,
     kl_k3,
     masked_mean,
     reinforce_loss,
@@ -43,7 +44,7 @@ from lightning_modules.losses.sft import sft_loss
 __all__ = [
     "aggregate_loss", "agreement_confidence", "answer_frequency_reward", "carft_negative_loss", "carft_positive_loss",
     "clipped_surrogate", "entropy_from_logits", "entropy_reward", "explained_variance", "gae", "grpo_advantages",
-    "gspo_loss", "kl_k1", "kl_k3", "last_token_rewards", "lcs_masks", "lcs_masks_batch", "majority_agreement",
+    "gspo_loss", "kl_k1", "kl_k2", "kl_k3", "last_token_rewards", "lcs_masks", "lcs_masks_batch", "majority_agreement",
     "majority_answer", "masked_mean", "negative_rows", "overlong_penalty", "pairwise_cos", "partial_reward", "pool_cot",
     "ppo_policy_loss", "ppo_value_loss", "reinforce_loss", "representation_mse", "rlsc_loss", "rule_reward",
     "self_certainty", "sequence_logp", "sft_loss", "supcon_loss", "token_confidence", "token_logprobs", "triplet_loss",

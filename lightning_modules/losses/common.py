@@ -44,6 +44,11 @@ def kl_k1(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
     return logp - logp_ref
 
 
+def kl_k2(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
+    """Per-token k2 estimator ``0.5 * (logp - logp_ref)^2`` (>= 0, biased, low variance; Schulman 2020)."""
+    return 0.5 * (logp - logp_ref) ** 2
+
+
 def kl_k3(logp: torch.Tensor, logp_ref: torch.Tensor, clamp: float = 20.0) -> torch.Tensor:
     """Per-token k3 estimator ``exp(ref - logp) - (ref - logp) - 1`` (>= 0, unbiased for
     KL(pi || pi_ref) on samples of pi), with the log-ratio in float32 (or wider) clamped to +-``clamp`` (docs/METHODS.md section 5)."""
