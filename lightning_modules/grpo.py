@@ -91,6 +91,8 @@ class GRPOScores(Rows):
     """[N, T] log-probs at sampling time; None with one update per rollout, whose own (detached) log-probs are the old ones."""
     logp_ref: torch.Tensor | None = None
     """[N, T] the reference policy's log-probs; None without a KL term."""
+    truncated: torch.Tensor | None = None
+    """[N] bool, responses cut at max_new_tokens (no EOS): DAPO's overlong filtering leaves them out of the loss."""
     rollout_tokens: int | None = None
     """Response tokens of the whole rollout summed over ranks, dapo's denominator; None for the other
     aggregations. Not a row field: every minibatch keeps it whole."""
@@ -139,7 +141,8 @@ class GRPOModule(RLModule):
         rollout_tokens = None
         if self.algo.loss_aggregation == "dapo":  # the same on every rank, so every rank joins this all-reduce
             rollout_tokens = int(all_reduce_sum(rollout.response_mask.sum()).item())
-        return GRPOScores(grpo_advantages(grouped, self.algo.scale).view(-1), logp_old, logp_ref, rollout_tokens), metrics
+        advantages = grpo_advantages(grouped, self.algo.scale).view(-1)
+        return GRPOScores(advantages, logp_old, logp_ref, truncated=truncated, rollout_tokens=rollout_tokens), metrics
 
     def truncated(self, rollout: Rollout) -> torch.Tensor:
         """[N] bool: responses cut at max_new_tokens (no EOS)."""
@@ -164,7 +167,7 @@ class GRPOModule(RLModule):
     def loss(self, rollout: Rollout, scores: GRPOScores) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = rollout.response_mask
         if self.algo.mask_truncated:
-            mask = mask * (~self.truncated(rollout)).to(mask.dtype)[:, None]
+            mask = mask * (~scores.truncated).to(mask.dtype)[:, None]
         logits, _ = self.forward_responses(self.policy, rollout)
         logp = self.logprobs(logits, rollout.response_ids)
         metrics = {}

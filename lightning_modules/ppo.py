@@ -92,16 +92,16 @@ class PPOModule(RLModule):
         values, embeddings = self.policy.heads[self.head_key](hidden)
         return values.float(), (embeddings.float() if embeddings is not None else None)
 
-    def policy_pass(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """One forward pass of the policy and its head over the responses: ``(token log-probs [N, T],
-        values [N, T], embeddings [N, T, d] | None, logits [N, T, V])``."""
+    def policy_pass(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward pass of the policy and its value head over the responses: ``(token log-probs
+        [N, T], values [N, T], logits [N, T, V])``."""
         logits, hidden = self.forward_responses(self.policy, rollout, hidden=True)
-        values, embeddings = self.head(hidden)
-        return self.logprobs(logits, rollout.response_ids), values, embeddings, logits
+        values, _ = self.head(hidden)
+        return self.logprobs(logits, rollout.response_ids), values, logits
 
     # ---- scoring (no gradient) --------------------------------------------------------------
     def score(self, rollout: Rollout) -> tuple[PPOScores, dict[str, torch.Tensor]]:
-        logp_old, values_old, _, logits = self.policy_pass(rollout)
+        logp_old, values_old, logits = self.policy_pass(rollout)
         return self.ppo_scores(rollout, logits, logp_old, values_old, self.rewards(rollout))
 
     def ppo_scores(
@@ -125,7 +125,7 @@ class PPOModule(RLModule):
 
     # ---- loss (with gradient) -----------------------------------------------------------------
     def loss(self, rollout: Rollout, scores: PPOScores) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logp, values, _, _ = self.policy_pass(rollout)
+        logp, values, _ = self.policy_pass(rollout)
         policy_loss, value_loss, metrics = self.ppo_terms(rollout, scores, logp, values)
         return policy_loss + self.algo.vf_coef * value_loss, metrics
 

@@ -39,15 +39,10 @@ def new_parser(prog: str, description: str) -> ArgumentParser:
     return parser
 
 
-def settings_parser(
-    prog: str, description: str, settings: type, positionals: Sequence[tuple[str, str]] = (), bare_flags: Sequence[str] = ()
-) -> ArgumentParser:
-    """A parser whose options are the fields of the dataclass ``settings``, after ``positionals``
-    (``(name, help)`` pairs). Each ``bool`` field named in ``bare_flags`` may stand alone:
-    ``--quick`` means ``--quick true``."""
+def settings_parser(prog: str, description: str, settings: type, bare_flags: Sequence[str] = ()) -> ArgumentParser:
+    """A parser whose options are the fields of the dataclass ``settings``. Each ``bool`` field
+    named in ``bare_flags`` may stand alone: ``--quick`` means ``--quick true``."""
     parser = new_parser(prog, description)
-    for name, text in positionals:
-        parser.add_argument(name, help=text)
     parser.add_class_arguments(settings, None)
     for flag in bare_flags:
         action = parser._option_string_actions[f"--{flag}"]  # jsonargparse alone wants a value

@@ -122,11 +122,12 @@ def plan(settings: ProtocolSettings) -> tuple[list[Task], dict[str, dict]]:
     runs = out / "runs"
     common = ["--runs_dir", str(runs), *data_args(settings), *(QUICK["common"] if settings.quick else []), *settings.train_args]
     sft = ["--method", "sft", *common, "--optim.schedule", "constant"]  # constant: the warm-up is the start of the same run
-    epoch = math.ceil(settings.train_questions / per_step_samples("sft", sft))
+    sft_per_step = per_step_samples("sft", sft)
+    epoch = math.ceil(settings.train_questions / sft_per_step)
     tasks = [Task(WARMUP, [sys.executable, train, *sft, "--seed", "0", "--run_name", WARMUP, "--trainer.max_steps",
                            str(settings.warmup_epochs * epoch), "--trainer.val_every_n_steps", str(epoch),
                            "--trainer.checkpoint_every_n_steps", str(epoch)], done=runs / WARMUP / "hf" / "config.json", alone=True)]
-    facts: dict[str, dict] = {WARMUP: {"method": "warmup", "seed": 0, "per_step": per_step_samples("sft", sft)}}
+    facts: dict[str, dict] = {WARMUP: {"method": "warmup", "seed": 0, "per_step": sft_per_step}}
     stop = ["--trainer.keep_best", "true", "--trainer.early_stopping_patience", str(settings.patience)]
     sft_run = [*sft[2:], "--trainer.max_steps", str(settings.sft_epochs * epoch), "--trainer.val_every_n_steps", str(epoch),
                "--trainer.checkpoint_every_n_steps", str(epoch)]
