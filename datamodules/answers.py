@@ -24,6 +24,12 @@ _BOXED_WHOLE = re.compile(r"\\boxed\s*\{(.*)\}", re.S)
 # Spec section 0, rule 1: the ReFT/CARFT answer sentence, colon optional.
 _MARKER = re.compile(r"therefore,?\s*the answer is:?", re.I)
 _BOXED = re.compile(r"\\boxed\s*\{")
+# The lenient style's anchors, for models not trained on the ReFT format: "The answer is: 17",
+# "The final answer is 52", "Answer: 8".
+_PHRASE = re.compile(r"(?:the\s+(?:final\s+)?answer\s+is|\banswer\s*:)\s*:?", re.I)
+
+ANSWER_STYLES = ("reft", "lenient")
+"""reft: rules 1-3 of docs/METHODS.md section 0.2 only (the papers' format); lenient: also rules 4 and 5."""
 
 
 def _to_float(text: str) -> float | None:
@@ -74,12 +80,15 @@ def _boxed_content(text: str) -> str | None:
     return None
 
 
-def extract_answer(text: str, fallback_last_number: bool = False) -> float | None:
-    """The predicted answer in ``text`` by the rules of docs/METHODS.md section 0, in priority order.
+def extract_answer(text: str, style: str = "reft") -> float | None:
+    """The predicted answer in ``text`` by the rules of docs/METHODS.md section 0.2, in priority
+    order; ``style`` "lenient" adds rules 4 and 5 for models not trained on the ReFT format.
 
     The first rule whose anchor is present decides: a present but unparseable answer is
     ``None``, never a fall-through to a weaker rule.
     """
+    if style not in ANSWER_STYLES:
+        raise ValueError(f"unknown answer style {style!r}; expected one of {', '.join(ANSWER_STYLES)}")
     if not isinstance(text, str):
         return None
     markers = list(_MARKER.finditer(text))
@@ -90,10 +99,19 @@ def extract_answer(text: str, fallback_last_number: bool = False) -> float | Non
     if _BOXED.search(text):  # rule 3: the last \boxed{...}
         content = _boxed_content(text)
         return None if content is None else parse_number(content)
-    if fallback_last_number:  # rule 4, opt-in only: the last number anywhere
-        numbers = _NUMBER.findall(text.replace("\u2212", "-"))
-        return parse_number(numbers[-1]) if numbers else None
-    return None
+    if style == "reft":
+        return None
+    clean = text.replace("\u2212", "-").replace("$", "")
+    phrases = list(_PHRASE.finditer(clean))
+    if phrases:  # rule 4: after the last "the (final) answer is" / "Answer:", the first number on that line
+        line = clean[phrases[-1].end() :].split("\n", 1)[0]
+        whole = parse_number(line)
+        if whole is not None:
+            return whole
+        first = _NUMBER.search(line)
+        return parse_number(first.group()) if first else None
+    numbers = _NUMBER.findall(clean)  # rule 5: the last number anywhere
+    return parse_number(numbers[-1]) if numbers else None
 
 
 def is_correct(pred: float | None, gold: float, tol: float = 1e-2) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from datamodules.answers import ANSWER_STYLES
 from datamodules.synthetic import SyntheticConfig
 
 
@@ -40,6 +41,9 @@ class DataConfig:
     """Keep GSM8K's <<a*b=c>> calculator notes in the chain of thought (ReFT removes them)."""
     prompt_style: str = "reft"
     """'reft': 'Question:\\n...\\nAnswer reasoning:\\n' (ReFT/CARFT); 'chat': the tokenizer's chat template."""
+    answer_style: str = "reft"
+    """How answers are read (docs/METHODS.md section 0.2): 'reft' (the papers' format: "Therefore, the answer is", "####",
+    \\boxed{}) or 'lenient' (also "The answer is" / "Answer:" and then the last number, for a model not trained on that format)."""
     val_size: int = 200
     """Questions held out from path for validation when no val_path is given."""
     max_val_examples: int = 200
@@ -66,6 +70,7 @@ class DataConfig:
         require(self.format in ("auto", "gsm8k", "reft", "svamp"), f"data.format must be auto, gsm8k, reft or svamp, got {self.format!r}")
         require(self.on_error in ("raise", "skip"), f"data.on_error must be raise or skip, got {self.on_error!r}")
         require(self.prompt_style in ("reft", "chat"), f"data.prompt_style must be reft or chat, got {self.prompt_style!r}")
+        require(self.answer_style in ANSWER_STYLES, f"data.answer_style must be reft or lenient, got {self.answer_style!r}")
         require(self.overlong in ("error", "drop", "truncate"), f"data.overlong must be error, drop or truncate, got {self.overlong!r}")
         for name in ("val_size", "max_val_examples", "max_prompt_tokens", "max_target_tokens", "batch_size", "eval_batch_size", "bucket_batches"):
             require(getattr(self, name) > 0, f"data.{name} must be positive, got {getattr(self, name)}")

@@ -181,6 +181,15 @@ class ReasoningDataModule(L.LightningDataModule):
     def _collate_eval(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         return self.collate_prompts(examples, with_labels=True)
 
+    @property
+    def train_size(self) -> int:
+        """Examples in the training split."""
+        return len(self.examples["train"])
+
+    def train_batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The training examples at ``indices`` as the training loader batches them."""
+        return self._collate_train([self.examples["train"][i] for i in indices])
+
     # ---- loaders -----------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

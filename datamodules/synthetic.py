@@ -71,6 +71,10 @@ class SyntheticConfig:
     """Generator seed; the same seed gives identical splits."""
     num_train: int = 20000
     """Training problems."""
+    train_offset: int = 0
+    """Training problems of the stream skipped before the first one kept: ``num_train`` problems
+    from ``train_offset`` on are disjoint from a run's first ``train_offset``, so one model can be
+    pre-trained on the first problems and fine-tuned on fresh ones (scripts/compare.py does)."""
     num_val: int = 200
     """Validation problems."""
     num_test: int = 500
@@ -100,6 +104,7 @@ class SyntheticConfig:
         object.__setattr__(self, "operations", tuple(self.operations))
         checks = [
             (self.num_train >= 1, f"synthetic.num_train must be at least 1, got {self.num_train}"),
+            (self.train_offset >= 0, f"synthetic.train_offset must be at least 0, got {self.train_offset}"),
             (self.num_val >= 1, f"synthetic.num_val must be at least 1, got {self.num_val}"),
             (self.num_test >= 1, f"synthetic.num_test must be at least 1, got {self.num_test}"),
             (1 <= self.min_steps <= MAX_STEPS,
@@ -466,7 +471,7 @@ def generate_splits(config: SyntheticConfig) -> dict[str, list[Record]]:
     One stream of problems is hashed into splits and problems for a full split are dropped,
     so the test and val problems are the same whatever ``num_train`` is.
     """
-    wanted = {"train": config.num_train, "val": config.num_val, "test": config.num_test}
+    wanted = {"train": config.train_offset + config.num_train, "val": config.num_val, "test": config.num_test}
     splits: dict[str, list[Record]] = {name: [] for name in wanted}
     rng = random.Random(config.seed)
     seen: set[str] = set()
@@ -492,4 +497,5 @@ def generate_splits(config: SyntheticConfig) -> dict[str, list[Record]]:
             f"synthetic knobs yield too few distinct problems ({found}); "
             "allow more steps, operations or larger numbers"
         )
+    splits["train"] = splits["train"][config.train_offset :]
     return splits

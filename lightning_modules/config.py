@@ -84,7 +84,10 @@ class ModelConfig:
     """The policy language model."""
 
     name_or_path: str = "embedded"
-    """'embedded' (the tiny default, built under cache_dir), a hub id such as Qwen/Qwen2.5-Math-1.5B, or a local folder."""
+    """'embedded' (the tiny default, built under cache_dir), a hub id such as Qwen/Qwen2.5-Math-1.5B, a local folder, or a
+    .gguf file (converted once into cache_dir, needs the gguf and accelerate packages)."""
+    gguf_file: str | None = None
+    """The .gguf file inside the folder name_or_path names, read as a .gguf path would be."""
     trust_remote_code: bool = False
     """Run model code shipped with a hub repository; off unless you ask for it."""
     dtype: str = "float32"

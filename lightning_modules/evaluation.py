@@ -106,10 +106,10 @@ class Graded:
         return torch.tensor([pass_at_k(n, int(c), k) for c in self.correct.sum(-1)], dtype=torch.float)
 
 
-def grade(texts: list[str], gold: list[float], n: int = 0) -> Graded:
-    """Read and check ``max(n, 1)`` responses per question against each question's ``gold`` answer."""
+def grade(texts: list[str], gold: list[float], n: int = 0, answer_style: str = "reft") -> Graded:
+    """Read (by ``answer_style``) and check ``max(n, 1)`` responses per question against each question's ``gold`` answer."""
     per_prompt = max(n, 1)
-    predictions = [extract_answer(text) for text in texts]
+    predictions = [extract_answer(text, answer_style) for text in texts]
     correct = torch.tensor([is_correct(p, float(gold[i // per_prompt])) for i, p in enumerate(predictions)], dtype=torch.bool)
     parsed = torch.tensor([p is not None for p in predictions], dtype=torch.bool)
     majority = torch.tensor(

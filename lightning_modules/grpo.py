@@ -27,7 +27,7 @@ from lightning_modules.losses import (
     self_certainty,
 )
 from lightning_modules.rewards import MajorityVoteReward, RuleReward
-from lightning_modules.rl_base import RLConfig, RLModule
+from lightning_modules.rl_base import EXTRA_DRAWS, RLConfig, RLModule, eval_mode
 from lightning_modules.rollout import Rollout, Rows, Signals
 
 
@@ -65,6 +65,13 @@ class GRPOConfig(RLConfig):
     """DAPO's soft overlong penalty: responses longer than max_new_tokens minus this lose up to 1 (DAPO: 4096 of 20480); 0 is off."""
     mask_truncated: bool = False
     """Leave responses cut at max_new_tokens out of the loss (DAPO's overlong filtering)."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling: groups whose rewards all match carry no signal and are dropped, and further questions
+    of the training split are sampled until the batch is full of groups that do, for at most max_sampling_rounds."""
+    max_sampling_rounds: int = 3
+    """Sampling rounds of one step with dynamic_sampling (DAPO's recipe allows 10 for 8B-token budgets; 3 keeps a
+    CPU step within 3x). A batch still short after them is topped up with dropped groups, whose advantages are 0,
+    so every rank trains on the same number of rows and runs the same number of updates."""
 
     def validate(self) -> None:
         super().validate()
@@ -78,6 +85,9 @@ class GRPOConfig(RLConfig):
         require(self.clip_eps > 0, f"algo.clip_eps must be positive, got {self.clip_eps}")
         require(self.kl_coef >= 0, f"algo.kl_coef must be >= 0, got {self.kl_coef}")
         require(self.scale in ("group", "none"), f"algo.scale must be group or none, got {self.scale!r}")
+        require(self.max_sampling_rounds >= 1, f"algo.max_sampling_rounds must be at least 1, got {self.max_sampling_rounds}")
+        require(not self.dynamic_sampling or self.reward != "random",
+                "algo.dynamic_sampling keeps groups by their rewards, which the random control draws afresh for every batch; use it with another reward")
         require(self.loss_aggregation in ("grpo", "dr_grpo", "dapo"), f"algo.loss_aggregation must be grpo, dr_grpo or dapo, got {self.loss_aggregation!r}")
 
 
@@ -101,10 +111,17 @@ class GRPOScores(Rows):
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
+def group_rows(groups: torch.Tensor, group: int) -> torch.Tensor:
+    """Row indices of whole groups: ``groups`` [K] -> [K * group]."""
+    return (groups[:, None] * group + torch.arange(group, device=groups.device)).flatten()
+
+
 class GRPOModule(RLModule):
     name = "grpo"
     Config = GRPOConfig
     rewards_offered = ("rule", "majority")
+    sampling_metrics: dict[str, torch.Tensor] = {}
+    """The last rollout's dynamic-sampling metrics (none without it)."""
 
     @classmethod
     def batch_kind(cls, config) -> str:
@@ -116,6 +133,49 @@ class GRPOModule(RLModule):
 
     def named_reward(self, name: str):
         return MajorityVoteReward() if name == "majority" else RuleReward()
+
+    def rollout(self, batch: dict[str, torch.Tensor], draw: int = 0) -> Rollout:
+        """The batch's rollout; with dynamic sampling (DAPO), groups whose rewards all match are
+        replaced by groups of further questions drawn at random from the training split, for at
+        most ``max_sampling_rounds`` rounds, then topped up with dropped groups (advantage 0) so
+        the rollout always has the batch's size."""
+        first = super().rollout(batch, draw)
+        self.sampling_metrics = {}
+        if not self.algo.dynamic_sampling:
+            return first
+        group, wanted = first.group, len(first) // first.group
+        kept, dropped, informative, seen = [], [], 0, 0
+        part, rounds = first, 0
+        while True:
+            keep = self.informative_groups(part)
+            kept.append(part.select(group_rows(keep.nonzero().flatten(), group)))
+            dropped.append(part.select(group_rows((~keep).nonzero().flatten(), group)))
+            informative, seen, rounds = informative + int(keep.sum()), seen + keep.numel(), rounds + 1
+            if informative >= wanted or rounds == self.algo.max_sampling_rounds:
+                break
+            part = super().rollout(self.further_questions(rounds), draw=rounds)
+        merged = Rollout.concat(kept + dropped, self.tokenizer.pad_token_id)
+        self.sampling_metrics = {"frac_groups_filtered": torch.tensor((seen - informative) / seen),
+                                 "sampling_rounds": torch.tensor(float(rounds))}
+        return merged.select(torch.arange(len(first)))
+
+    def informative_groups(self, rollout: Rollout) -> torch.Tensor:
+        """[questions] bool: whether the reward part's rewards differ within each group."""
+        needs = getattr(self.reward, "needs", ())
+        logits = None
+        if needs:
+            with eval_mode(self.policy):
+                logits, _ = self.forward_responses(self.policy, rollout)
+        values = self.rewards(rollout, self.distribution_signals(logits, rollout.response_mask, needs)).values
+        return values.view(-1, rollout.group).std(dim=-1) > 0
+
+    def further_questions(self, draw: int) -> dict[str, torch.Tensor]:
+        """A batch of training questions drawn at random (without replacement) for sampling round
+        ``draw`` of this step, seeded by (seed, rank, step, round) so a resumed run draws alike."""
+        datamodule = self.trainer.datamodule
+        generator = torch.Generator().manual_seed(self.run_seed(self.global_step + draw * EXTRA_DRAWS))
+        picks = torch.randperm(datamodule.train_size, generator=generator)[: self.config.data.batch_size]
+        return {key: value.to(self.device) for key, value in datamodule.train_batch(picks.tolist()).items()}
 
     def score(self, rollout: Rollout) -> tuple[GRPOScores, dict[str, torch.Tensor]]:
         logits, logp_old, logp_ref = None, None, None
@@ -138,6 +198,7 @@ class GRPOModule(RLModule):
         metrics |= rewards.metrics
         metrics["reward"] = grouped.mean()
         metrics["frac_reward_zero_std"] = (grouped.std(dim=-1) == 0).float().mean() if rollout.group > 1 else torch.ones(())
+        metrics |= self.sampling_metrics
         rollout_tokens = None
         if self.algo.loss_aggregation == "dapo":  # the same on every rank, so every rank joins this all-reduce
             rollout_tokens = int(all_reduce_sum(rollout.response_mask.sum()).item())
@@ -173,7 +234,7 @@ class GRPOModule(RLModule):
         metrics = {}
         if self.single_update:  # the rollout was not scored: its log-probs and entropy are this pass's
             logp_old = logp.detach()
-            metrics["entropy"] = self.entropy(logits, rollout.response_mask)
+            metrics |= self.distribution_metrics(rollout, logits)
         else:
             logp_old = scores.logp_old
         if self.algo.importance == "sequence":

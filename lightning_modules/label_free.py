@@ -19,13 +19,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
+from datamodules.answers import majority_agreement
 from lightning_modules.config import require
 from lightning_modules.grpo import GRPOConfig, GRPOModule
+from lightning_modules.losses import token_confidence
 from lightning_modules.rewards import AnswerFrequencyReward, EntropyReward, MajorityVoteReward, SelfCertaintyReward
+from lightning_modules.rollout import Rollout
 
 
 class LabelFreeModule(GRPOModule):
-    """GRPO whose training batches carry no answers: the reward part cannot read a label."""
+    """GRPO whose training batches carry no answers: the reward part cannot read a label. Every
+    member logs RLSC's confidence measures beside its own reward (section 4.5): the majority
+    answer's share, and with the policy's distributions the sequence and token confidence."""
 
     train_batches = "unlabeled"
     progress_metrics = ("train/reward", "train/majority_share")
@@ -33,6 +40,16 @@ class LabelFreeModule(GRPOModule):
     @classmethod
     def batch_kind(cls, config) -> str:
         return "unlabeled"
+
+    def rollout_metrics(self, rollout: Rollout, logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        _, shares = majority_agreement(rollout.predictions, rollout.group)
+        return {**super().rollout_metrics(rollout, logits), "majority_share": torch.tensor(shares).mean()}
+
+    def distribution_metrics(self, rollout: Rollout, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits, mask = logits.detach(), rollout.response_mask
+        seq_logp = (self.logprobs(logits, rollout.response_ids) * mask).sum(-1)
+        return {**super().distribution_metrics(rollout, logits), "seq_confidence": seq_logp.exp().mean(),
+                "token_confidence": token_confidence(logits / self.score_temperature, mask).mean()}
 
 
 @dataclass

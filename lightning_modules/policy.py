@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from datamodules.config import ConfigError
 from lightning_modules.config import EmbeddedModelConfig, LoraConfig, ModelConfig
 
 EMBEDDED = "embedded"
@@ -80,8 +82,76 @@ def build_embedded_model(config: EmbeddedModelConfig, folder: Path) -> None:
         tokenizer.save_pretrained(staging)
 
 
+# ---- a .gguf file as a model source -------------------------------------------------------
+# transformers reads a GGUF file (with the gguf and accelerate packages) and de-quantises it to
+# full-precision weights, which takes tens of seconds and leaves a model that refuses
+# save_pretrained. gguf_folder does that once per file: the weights go into a plain model built
+# from the same config (the quantisation note removed), written with the tokenizer to a staging
+# folder and renamed into the cache, so a cached folder is always whole and later runs load it
+# in about a second.
+GGUF_NEEDS = ("gguf", "accelerate")
+
+
+def gguf_path(name_or_path: str, gguf_file: str | None) -> Path | None:
+    """The GGUF file a model source names (a ``.gguf`` path, or a folder plus ``gguf_file``); None if it names none."""
+    if gguf_file:
+        return Path(name_or_path) / gguf_file
+    if name_or_path.lower().endswith(".gguf"):
+        return Path(name_or_path)
+    return None
+
+
+def fingerprint(path: Path) -> str:
+    """The first 16 hex digits of the file's SHA-256: a changed file is converted again."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def gguf_folder(path: Path, cache_dir: Path) -> Path:
+    """The Hugging Face folder converted from the GGUF file at ``path`` (converted now if the cache lacks it)."""
+    if not path.is_file():
+        raise ConfigError(f"GGUF model file {path} does not exist")
+    missing = [name for name in GGUF_NEEDS if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"reading the GGUF file {path} needs the {' and '.join(missing)} package(s): pip install {' '.join(GGUF_NEEDS)}")
+    target = cache_dir / "gguf" / f"{path.stem}-{fingerprint(path)}"
+    if (target / "config.json").is_file():
+        return target
+    try:
+        with staged_folder(target) as staging:
+            convert_gguf(path, staging)
+    except OSError:
+        if not (target / "config.json").is_file():  # not another process's finished copy
+            raise
+    return target
+
+
+def convert_gguf(path: Path, out: Path) -> None:
+    """De-quantise the GGUF file into a plain full-precision model and its tokenizer under ``out``."""
+    try:
+        quantised = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as error:  # a truncated or foreign file fails deep inside the reader
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{path} is not a readable GGUF model file ({reason[:160]})") from None
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict())
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
 def resolve_model_path(config: ModelConfig) -> str:
-    """Return what ``from_pretrained`` should read, building the embedded model if needed."""
+    """Return what ``from_pretrained`` should read, building the embedded model or converting a
+    GGUF file if needed."""
+    gguf = gguf_path(config.name_or_path, config.gguf_file)
+    if gguf is not None:
+        return str(gguf_folder(gguf, Path(config.cache_dir)))
     if config.name_or_path != EMBEDDED:
         return config.name_or_path
     folder = embedded_model_dir(config)

@@ -162,7 +162,7 @@ class AnswerFrequencyReward:
         entropy = torch.tensor(answer_entropy(rollout.predictions, rollout.group), device=values.device)
         kept = entropy <= self.max_entropy * math.log(rollout.group)
         values = (groups * kept[:, None]).view(-1)
-        return Rewards(values, {"answer_entropy": entropy.mean(), "frac_groups_filtered": 1 - kept.float().mean()})
+        return Rewards(values, {"answer_entropy": entropy.mean(), "frac_groups_high_entropy": 1 - kept.float().mean()})
 
 
 @dataclass

@@ -33,10 +33,14 @@ from lightning_modules.base import ReasoningModule
 from lightning_modules.config import require
 from lightning_modules.distributed import all_reduce_mean
 from lightning_modules.generation import decode, generate, response_logits
-from lightning_modules.losses import entropy_from_logits, masked_mean, token_logprobs
+from lightning_modules.losses import masked_mean, token_entropy, token_logprobs
 from lightning_modules.policy import Policy
 from lightning_modules.rewards import CONTROLS, check_reward_name, control_reward, is_function_spec, load_function_reward
 from lightning_modules.rollout import Rewards, Rollout, Rows, Signals
+
+
+EXTRA_DRAWS = 1_000_000_000
+"""Seed offset of a step's further sampling rounds: round r of step s draws as index s + r * this."""
 
 
 @dataclass
@@ -192,19 +196,21 @@ class RLModule(ReasoningModule):
         return self.run_seed(self.global_step)
 
     @torch.no_grad()
-    def rollout(self, batch: dict[str, torch.Tensor]) -> Rollout:
+    def rollout(self, batch: dict[str, torch.Tensor], draw: int = 0) -> Rollout:
         """Sample ``samples_per_prompt`` responses for every question of the batch (no gradient,
-        eval mode) and read their answers; gold answers and annotations only if the batch has them."""
+        eval mode) and read their answers; gold answers and annotations only if the batch has them.
+        ``draw`` > 0 numbers a further sampling round of the same step (DAPO's dynamic sampling),
+        seeded apart from the first."""
         n = self.algo.samples_per_prompt
         prompt_ids = batch["prompt_ids"].repeat_interleave(n, 0)
         prompt_mask = batch["prompt_mask"].repeat_interleave(n, 0)
-        with eval_mode(self.policy), self.seeded(self.global_step):
+        with eval_mode(self.policy), self.seeded(self.global_step + draw * EXTRA_DRAWS):
             response_ids, mask = generate(
                 self.policy.lm, prompt_ids, prompt_mask, self.tokenizer, self.config.trainer.max_new_tokens, do_sample=True,
                 temperature=self.algo.temperature, top_k=self.algo.top_k, top_p=self.algo.top_p, sampler=self.config.trainer.sampler,
             )
         texts = decode(self.tokenizer, response_ids, mask)
-        predictions = [extract_answer(text) for text in texts]  # needs no label
+        predictions = [extract_answer(text, self.config.data.answer_style) for text in texts]  # needs no label
         labels = {key: batch[key].repeat_interleave(n, 0) for key in ("answer", "target_ids", "target_mask") if key in batch}
         correct = None
         if "answer" in labels:
@@ -235,7 +241,7 @@ class RLModule(ReasoningModule):
 
     def entropy(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean per-token entropy of the scoring distribution over the response tokens."""
-        return masked_mean(entropy_from_logits(logits.detach() / self.score_temperature), mask)
+        return masked_mean(token_entropy(logits.detach() / self.score_temperature, mask), mask)
 
     def reference_logits(self, rollout: Rollout) -> torch.Tensor:
         """Logits of the reference policy at the response positions: the frozen copy, or with
@@ -253,10 +259,14 @@ class RLModule(ReasoningModule):
         mask = rollout.response_mask
         metrics = {"response_length": mask.sum(-1).float().mean()}
         if logits is not None:
-            metrics["entropy"] = self.entropy(logits, mask)
+            metrics |= self.distribution_metrics(rollout, logits)
         if rollout.correct is not None:
             metrics["accuracy"] = rollout.correct.float().mean()
         return metrics
+
+    def distribution_metrics(self, rollout: Rollout, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Metrics of the policy's next-token distributions over the rollout's responses (no gradient)."""
+        return {"entropy": self.entropy(logits, rollout.response_mask)}
 
     def clock(self) -> float:
         """Wall time after the device has finished its queued work (phase timings)."""

@@ -79,6 +79,44 @@ class Rollout(Rows):
     def labeled(self) -> bool:
         return self.answer is not None
 
+    @classmethod
+    def concat(cls, parts: list["Rollout"], pad_id: int) -> "Rollout":
+        """The rollouts' rows one after another, prompts padded on the left and responses and
+        targets on the right to the widest part (positions follow the attention mask, so the
+        extra padding changes no log-prob). The parts share ``group`` and ``step``."""
+        prompt = max(part.prompt_length for part in parts)
+        response = max(part.response_ids.size(1) for part in parts)
+
+        def widen(x: torch.Tensor, width: int, left: bool, value: int) -> torch.Tensor:
+            pad = (width - x.size(1), 0) if left else (0, width - x.size(1))
+            return torch.nn.functional.pad(x, pad, value=value)
+
+        def joined(part: Rollout, tensor: torch.Tensor, value: int) -> torch.Tensor:
+            cut = part.prompt_length
+            return torch.cat([widen(tensor[:, :cut], prompt, True, value), widen(tensor[:, cut:], response, False, value)], dim=1)
+
+        labeled = parts[0].target_ids is not None
+        target = max(part.target_ids.size(1) for part in parts) if labeled else 0
+        optional = {}
+        for name in ("answer", "correct"):
+            if getattr(parts[0], name) is not None:
+                optional[name] = torch.cat([getattr(part, name) for part in parts])
+        if labeled:
+            optional["target_ids"] = torch.cat([widen(part.target_ids, target, False, pad_id) for part in parts])
+            optional["target_mask"] = torch.cat([widen(part.target_mask, target, False, 0) for part in parts])
+        return cls(
+            input_ids=torch.cat([joined(part, part.input_ids, pad_id) for part in parts]),
+            attention_mask=torch.cat([joined(part, part.attention_mask, 0) for part in parts]),
+            response_ids=torch.cat([widen(part.response_ids, response, False, pad_id) for part in parts]),
+            response_mask=torch.cat([widen(part.response_mask, response, False, 0) for part in parts]),
+            question=torch.cat([part.question for part in parts]),
+            texts=[text for part in parts for text in part.texts],
+            predictions=[prediction for part in parts for prediction in part.predictions],
+            group=parts[0].group,
+            step=parts[0].step,
+            **optional,
+        )
+
 
 @dataclass
 class Signals(Rows):

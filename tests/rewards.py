@@ -20,3 +20,11 @@ def answer_length(rollout) -> tuple[list[float], dict]:
     SEEN["rollout"] = rollout
     lengths = [len(text) for text in rollout.texts]
     return [-n / 100 for n in lengths], {"mean_chars": sum(lengths) / len(lengths)}
+
+
+def odd_questions_differ(rollout) -> torch.Tensor:
+    """Alternating 0, 1 within the samples of odd-numbered questions and all 0 for even ones: only
+    odd questions' groups carry a signal, so dynamic sampling drops the others."""
+    SEEN["rollout"] = rollout
+    odd = (rollout.question % 2 == 1).float()
+    return odd * (torch.arange(len(rollout)) % 2).float()

@@ -97,14 +97,24 @@ def test_extract_answer_unparseable_is_none(text):
     assert extract_answer(text) is None
 
 
-def test_extract_answer_fallback_only_when_enabled():
+def test_extract_answer_lenient_style_only_when_asked():
     text = "She has 3 apples and 1,250 pears left."
     assert extract_answer(text) is None
-    assert extract_answer(text, fallback_last_number=True) == 1250.0
-    assert extract_answer("So -7.5 degrees.", fallback_last_number=True) == -7.5
-    assert extract_answer("no digits at all", fallback_last_number=True) is None
-    # the fallback never overrides a present-but-garbage anchor
-    assert extract_answer("Therefore, the answer is x. 5", fallback_last_number=True) is None
+    assert extract_answer(text, "lenient") == 1250.0  # rule 5: the last number
+    assert extract_answer("So -7.5 degrees.", "lenient") == -7.5
+    assert extract_answer("no digits at all", "lenient") is None
+    # Rule 4: after the last answer phrase, the whole line or its first number.
+    assert extract_answer("3 + 4 = 7. The answer is: 17", "lenient") == 17.0
+    assert extract_answer("The final answer is 52 apples, not 60.", "lenient") == 52.0
+    assert extract_answer("Answer: $1,200.\nCheck: 2 * 600 = 1200 and 9", "lenient") == 1200.0
+    assert extract_answer("The answer is 4.\nThe answer is: 9", "lenient") == 9.0
+    assert extract_answer("#### 52\nThe answer is: 17", "lenient") == 52.0  # #### (rule 2) comes first
+    assert extract_answer("The answer is unclear. 5", "lenient") == 5.0  # the first number on the phrase's line
+    assert extract_answer("The answer is unclear.\n5", "lenient") is None
+    # neither style overrides a present-but-garbage anchor of the papers' format
+    assert extract_answer("Therefore, the answer is x. 5", "lenient") is None
+    with pytest.raises(ValueError, match="unknown answer style"):
+        extract_answer("5", "loose")
 
 
 def test_is_correct_tolerance_edges():

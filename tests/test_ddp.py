@@ -221,6 +221,24 @@ def test_every_rl_method_runs_on_two_processes_and_the_ranks_agree(tiny_args, tm
 
 
 @pytest.mark.slow
+def test_dynamic_sampling_on_two_processes_does_not_hang_and_the_ranks_agree(tiny_args, tmp_path):
+    """Only odd questions' groups carry a signal, so the ranks need different numbers of sampling
+    rounds; each still trains on a full batch with the same number of updates."""
+    import torch
+
+    argv = ["--method", "grpo", "--warmup_run", "null", "--run_name", "dynamic", "--trainer.max_steps", "3", "--trainer.val_every_n_steps", "3",
+            *DDP_ARGS, *tiny_args, "--data.batch_size", "2", "--algo.samples_per_prompt", "2", "--algo.ppo_epochs", "2", "--algo.minibatches", "2",
+            "--algo.reward", "tests.rewards:odd_questions_differ", "--algo.dynamic_sampling", "true", "--optim.lr", "1e-3"]
+    run_ddp(tmp_path, "ddp_dynamic", WEIGHTS_SCRIPT, argv)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["step"] == ranks[1]["step"] == 3
+    for name, value in ranks[0]["weights"].items():
+        assert torch.equal(value, ranks[1]["weights"][name]), f"ranks differ in {name}"
+    assert any(not torch.equal(v, ranks[0]["start"][n]) for n, v in ranks[0]["weights"].items()), "no weight moved"
+    assert "train/frac_groups_filtered" in scalars(tmp_path / "runs" / "dynamic")
+
+
+@pytest.mark.slow
 def test_lora_on_two_processes_trains_identical_adapters_over_a_fixed_base(tiny_args, tmp_path):
     """CARFT with LoRA: the KL reference is the adapters-off policy on each rank, and DDP averages
     the adapters' and heads' gradients while the base stays as loaded."""

@@ -331,3 +331,17 @@ def test_all_is_sorted_complete_and_importable():
     assert len(set(losses.__all__)) == len(losses.__all__)
     public = {name for name, value in vars(losses).items() if callable(value) and not name.startswith("_")}
     assert public == set(losses.__all__)
+
+
+def test_logged_token_entropy_and_confidence_match_a_full_softmax():
+    """The chunked metrics (no float copy of [B, T, V]) equal the plain formulas."""
+    from lightning_modules.losses import entropy_from_logits, token_confidence, token_entropy
+
+    torch.manual_seed(0)
+    logits, mask = torch.randn(3, 5, 11) * 3, torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]])
+    expected = entropy_from_logits(logits) * mask
+    for chunk in (1, 4, 256):
+        torch.testing.assert_close(token_entropy(logits, mask, chunk), expected)
+    top = torch.softmax(logits, -1).amax(-1)
+    want = torch.stack([(top[i] * mask[i]).sum() / mask[i].sum().clamp(min=1) for i in range(3)])
+    torch.testing.assert_close(token_confidence(logits, mask), want)

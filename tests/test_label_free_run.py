@@ -39,8 +39,8 @@ def test_every_label_free_method_never_reads_a_label(tiny_args, tmp_path, monkey
     seen = []
     sample = RLModule.rollout
 
-    def spy(self, batch):
-        out = sample(self, batch)
+    def spy(self, batch, draw=0):
+        out = sample(self, batch, draw)
         seen.append((out.answer, out.correct, out.target_ids))
         return out
 
@@ -63,6 +63,10 @@ def test_every_label_free_method_never_reads_a_label(tiny_args, tmp_path, monkey
         assert any(not torch.equal(initial[k], right[f"policy.{k}"]) for k in initial), "the run did not train"
     logged = scalars(tmp_path / "runs" / "right")
     assert LOGGED[label] in logged and "train/reward" in logged and "train/accuracy" not in logged
+    # RLSC's confidence measures, logged by every member of the family (section 4.5).
+    for tag in ("train/majority_share", "train/seq_confidence", "train/token_confidence", "train/entropy"):
+        assert tag in logged, tag
+    assert all(0 < v <= 1 for _, v in logged["train/token_confidence"]) and all(0 <= v <= 1 for _, v in logged["train/seq_confidence"])
     for tag, points in logged.items():
         assert all(math.isfinite(v) for _, v in points), tag
 
@@ -84,7 +88,7 @@ def test_answer_entropy_and_empos_filter_by_hand():
     out = AnswerFrequencyReward(max_entropy=0.75)(rollout(predictions, group=4), Signals())
     # The second group (entropy ln 4 > 0.75 ln 4) is filtered: every sample earns 0.
     assert out.values.tolist() == pytest.approx([0.75, 0.75, 0.75, 0.25, 0.0, 0.0, 0.0, 0.0])
-    assert out.metrics["frac_groups_filtered"].item() == 0.5
+    assert out.metrics["frac_groups_high_entropy"].item() == 0.5
     kept = AnswerFrequencyReward(max_entropy=1.0)(rollout(predictions, group=4), Signals()).values
     assert kept.tolist() == pytest.approx([0.75, 0.75, 0.75, 0.25, 0.25, 0.25, 0.0, 0.25])
 

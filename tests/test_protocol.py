@@ -12,7 +12,7 @@ import torch
 from workflows.compare import main, split_protocol
 from workflows.protocol import smoothed
 
-LABELS = ["warm-up (SFT, start of every RL run)", "SFT (converged)", "PPO (ReFT)", "CARFT", "control: random reward"]
+LABELS = ["base model (start of every SFT run)", "warm-up (SFT, start of every RL run)", "SFT (converged)", "PPO (ReFT)", "CARFT", "control: random reward"]
 QUICK = ["--quick", "--methods", "[ppo,carft]", "--controls", "[random]"]  # every kind of run, fewest runs
 
 
@@ -41,7 +41,7 @@ def test_quick_protocol_runs_every_method_and_control_and_writes_intervals(tmp_p
     assert header[:5] == ["method", "seeds", "test acc. at best val", "vs SFT [95% CI]", "vs PPO [95% CI]"]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
     assert [r[0] for r in rows] == LABELS
-    for row in rows[2:]:
+    for row in rows[3:]:
         assert row[3].startswith(("+", "-")) and "[" in row[3], row  # every RL run has an interval against SFT
     for run in ["sft-s0", "ppo-s0", "carft-s0", "random-s0"]:
         assert (out / "runs" / run / "checkpoints" / "best.ckpt").is_file(), run

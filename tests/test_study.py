@@ -37,15 +37,17 @@ def test_quick_study_writes_table_plots_commands_and_results(tmp_path, model_cac
 
     table = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("|")]
     header = [c.strip() for c in table[0].strip("|").split("|")]
-    assert header[:4] == ["method", "seeds", "pass@1 (greedy)", "pass@2"] and "maj@2" in header
+    assert header[:5] == ["method", "seeds", "pass@1 (greedy)", "vs warm-up [95% CI]", "pass@2"] and "maj@2" in header
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
     assert [r[0] for r in rows] == ["warm-up (start of every run)", "SFT-continued", "PPO (ReFT)", "CARFT", "GRPO", "RLSC"]
     for row in rows:
         assert len(row) == len(header)
-        for cell in row[2:6]:  # percentages in [0, 100]
+        for cell in (row[2], row[4], row[5], row[6]):  # percentages in [0, 100]
             assert 0.0 <= float(cell.split(" ")[0]) <= 100.0
-        assert float(row[6]) > 0  # mean response length
-    assert all(re.fullmatch(r"not reached \(0/1\)|[\d,]+ \([\d.]+ min; 1/1\)", r[8]) for r in rows[1:])
+        assert 0.0 <= float(row[7]) <= 1.0 and float(row[8]) >= 0.0  # majority share (0 when no answer parses), answer entropy
+        assert float(row[9]) > 0  # mean response length
+    assert rows[0][3] == "" and all(re.fullmatch(r"[+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\]( \*)?", r[3]) for r in rows[1:])
+    assert all(re.fullmatch(r"not reached \(0/1\)|[\d,]+ \([\d.]+ min; 1/1\)", r[11]) for r in rows[1:])
 
     for name in ("accuracy.png", "training.png"):
         width, height = png_size(out / name)
@@ -66,3 +68,38 @@ def test_quick_study_writes_table_plots_commands_and_results(tmp_path, model_cac
     # The same command again finds every task done and only rewrites the report.
     assert main(argv) == 0
     assert "started" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_quick_label_free_study_runs_the_family_and_the_random_control(tmp_path, model_cache, capsys):
+    out = tmp_path / "label_free"
+    argv = ["--protocol", "label_free", "--quick", "--methods", "[intuitor,empo,random]", "--out", str(out), "--",
+            "--model.cache_dir", str(model_cache)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    table = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    assert [r[0] for r in rows] == ["warm-up (start of every run)", "INTUITOR", "EMPO", "control: random reward (GRPO)"]
+    commands = (out / "commands.sh").read_text()
+    assert "--method grpo" in commands and "--algo.reward random" in commands and "--method empo" in commands
+
+
+def test_the_label_free_study_defaults_to_the_family(tmp_path):
+    from workflows.compare import CompareSettings
+
+    settings = CompareSettings()
+    settings.study = "label_free"
+    settings.validate()
+    assert settings.methods == ["rlsc", "ttrl", "intuitor", "rent", "empo", "random"] and settings.out == "results/label_free"
+
+
+def test_answer_spread_by_hand():
+    import math
+
+    from workflows.compare import answer_spread
+
+    result = {"details": [{"sample_answers": [5.0, 5.0, 7.0, None]}, {"sample_answers": [1.0, 2.0, 3.0, 4.0]}]}
+    spread = answer_spread(result, 4)
+    assert spread["majority share"] == [pytest.approx((0.5 + 0.25) / 2)]
+    first = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))  # 5 twice, 7 once, one unparsed answer its own outcome
+    assert spread["answer entropy"] == [pytest.approx((first + math.log(4)) / 2)]

@@ -1,6 +1,13 @@
 """The matched-sample study (``scripts/compare.py --protocol matched``; the default study is the
 papers' protocol, :mod:`workflows.protocol`): one warm-up, then SFT-continued, PPO, CARFT,
 GRPO and RLSC from it for several seeds with matched budgets, each evaluated on the test split.
+``--protocol label_free`` is the same study of the label-free family: RLSC, TTRL, INTUITOR,
+RENT, EMPO and a random-reward control on GRPO.
+
+**Intervals.** Every method's greedy pass@1 against the warm-up's, as a paired bootstrap 95%
+interval over the test questions (per-question correctness averaged over seeds). The sampled
+answers also give each question's majority share and answer entropy (the spread the label-free
+rewards act on).
 
 **Budget.** Every run learns from the same number of responses: sampled responses for the
 RL methods (questions per step x samples per question x steps), annotated targets for
@@ -34,11 +41,24 @@ from typing import Literal
 from jsonargparse import ArgumentParser
 
 from workflows.cli import UsageError, parse, run_main, settings_parser
+from datamodules.answers import answer_entropy, majority_agreement
 from workflows.evaluate import read_result
+from workflows.statistics import paired_bootstrap, pooled_scores
 
 ROOT = Path(__file__).resolve().parents[1]
-LABELS = {"sft": "SFT-continued", "ppo": "PPO (ReFT)", "carft": "CARFT", "grpo": "GRPO", "rlsc": "RLSC"}
-COLORS = {"warmup": "#555555", "sft": "#1f77b4", "ppo": "#ff7f0e", "carft": "#2ca02c", "grpo": "#9467bd", "rlsc": "#d62728"}
+LABELS = {"sft": "SFT-continued", "ppo": "PPO (ReFT)", "carft": "CARFT", "grpo": "GRPO", "rlsc": "RLSC", "ttrl": "TTRL",
+          "intuitor": "INTUITOR", "rent": "RENT", "empo": "EMPO", "random": "control: random reward (GRPO)"}
+COLORS = {"warmup": "#555555", "sft": "#1f77b4", "ppo": "#ff7f0e", "carft": "#2ca02c", "grpo": "#9467bd", "rlsc": "#d62728",
+          "ttrl": "#17becf", "intuitor": "#bcbd22", "rent": "#e377c2", "empo": "#7f7f7f", "random": "#8c564b"}
+STUDIES = {"matched": ["sft", "ppo", "carft", "grpo", "rlsc"], "label_free": ["rlsc", "ttrl", "intuitor", "rent", "empo", "random"]}
+"""Each study's default methods."""
+GROUPED = ("grpo", "rlsc", "ttrl", "intuitor", "rent", "empo", "random")
+"""Methods that sample a group of responses per question."""
+
+
+def method_of(label: str) -> tuple[str, list[str]]:
+    """The scripts/train.py method and options of a study's method label (``random``: GRPO with the random reward)."""
+    return ("grpo", ["--algo.reward", "random"]) if label == "random" else (label, [])
 WARMUP = "sft-warmup"
 
 
@@ -46,10 +66,14 @@ WARMUP = "sft-warmup"
 class CompareSettings:
     """What the study runs (the options of scripts/compare.py)."""
 
-    out: str = "results/study"
-    """Results folder; re-running the same command continues the study in it. The default keeps it under results/."""
-    methods: list[Literal["sft", "ppo", "carft", "grpo", "rlsc"]] = field(default_factory=lambda: list(LABELS))
-    """Methods to run from the warm-up, sft meaning SFT continued from it; the default is all five."""
+    out: str | None = None
+    """Results folder; re-running the same command continues the study in it. Default: results/study (matched) or
+    results/label_free."""
+    methods: list[Literal["sft", "ppo", "carft", "grpo", "rlsc", "ttrl", "intuitor", "rent", "empo", "random"]] | None = None
+    """Methods to run from the warm-up, sft meaning SFT continued from it and random GRPO with the random reward; the
+    default is the study's: sft, ppo, carft, grpo and rlsc (matched), rlsc, ttrl, intuitor, rent, empo and random (label_free)."""
+    resamples: int = 10_000
+    """Bootstrap resamples of the intervals against the warm-up."""
     seeds: int = 3
     """Seeds per method; the default 3 gives the mean and spread docs/RESULTS.md reports."""
     budget: int = 6400
@@ -68,6 +92,8 @@ class CompareSettings:
     """A tiny model, one seed and a handful of steps: checks the machinery, not the methods; off by default."""
     train_args: list[str] = field(default_factory=list, init=False)
     """Options after --: given to every scripts/train.py run."""
+    study: str = field(default="matched", init=False)
+    """matched or label_free (from --protocol)."""
     quick_overrides: list[str] = field(default_factory=list, init=False)
     """Training options --quick adds to every run."""
     warmup_overrides: list[str] = field(default_factory=list, init=False)
@@ -78,7 +104,11 @@ class CompareSettings:
     """Evaluation options added to every evaluation."""
 
     def validate(self) -> None:
-        for name in ("seeds", "budget", "val_every", "samples", "jobs"):
+        if self.methods is None:
+            self.methods = list(STUDIES[self.study])
+        if self.out is None:
+            self.out = "results/study" if self.study == "matched" else "results/label_free"
+        for name in ("seeds", "budget", "val_every", "samples", "jobs", "resamples"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.samples < 2:
@@ -90,11 +120,11 @@ class CompareSettings:
 
     def apply_quick(self) -> None:
         """--quick: one seed, a budget of 8 responses and the tiny model of ``QUICK_OVERRIDES``."""
-        self.seeds, self.budget, self.val_every, self.samples = 1, 8, 4, 2
+        self.seeds, self.budget, self.val_every, self.samples, self.resamples = 1, 8, 4, 2, 200
         self.quick_overrides = QUICK_OVERRIDES
         self.warmup_overrides = ["--trainer.max_steps", "4", "--trainer.val_every_n_steps", "2", "--data.batch_size", "4"]
         self.method_overrides = {m: ["--data.batch_size", "2"] for m in LABELS} | {
-            m: ["--data.batch_size", "2", "--algo.samples_per_prompt", "2"] for m in ("grpo", "rlsc")}
+            m: ["--data.batch_size", "2", "--algo.samples_per_prompt", "2"] for m in GROUPED}
 
 
 @dataclass
@@ -132,8 +162,9 @@ def plan(settings: CompareSettings) -> tuple[list[Task], dict[str, dict]]:
     facts: dict[str, dict] = {WARMUP: {"method": "warmup", "seed": 0, "per_step": None}}
     tasks.append(Task(f"eval {WARMUP}", [sys.executable, evaluate, str(runs / WARMUP), *eval_args, "--output", str(out / "eval" / f"{WARMUP}.json")],
                       needs=[WARMUP], done=out / "eval" / f"{WARMUP}.json"))
-    for method in settings.methods:
-        overrides = [*common, *settings.method_overrides.get(method, [])]
+    for label in settings.methods:
+        method, extra = method_of(label)
+        overrides = [*common, *extra, *settings.method_overrides.get(label, [])]
         if method == "sft":  # continue supervised training from the warm-up, at a lower constant lr
             overrides = ["--config", str(ROOT / "configs" / "sft_continued.yaml"), "--model.name_or_path", str(runs / WARMUP / "hf"), *overrides]
         if method == "rlsc":
@@ -142,11 +173,11 @@ def plan(settings: CompareSettings) -> tuple[list[Task], dict[str, dict]]:
         steps = max(1, settings.budget // per_step)
         val_steps = max(1, min(steps, settings.val_every // per_step))
         for seed in range(settings.seeds):
-            name = run_name(method, seed)
+            name = run_name(label, seed)
             argv = [sys.executable, train, "--method", method, "--seed", str(seed), "--run_name", name, *overrides,
                     "--trainer.max_steps", str(steps), "--trainer.val_every_n_steps", str(val_steps),
                     "--trainer.checkpoint_every_n_steps", str(steps)]
-            facts[name] = {"method": method, "seed": seed, "per_step": per_step, "steps": steps}
+            facts[name] = {"method": label, "seed": seed, "per_step": per_step, "steps": steps}
             tasks.append(Task(name, argv, needs=[WARMUP], done=runs / name / "hf" / "config.json"))
             result = out / "eval" / f"{name}.json"
             tasks.append(Task(f"eval {name}", [sys.executable, evaluate, str(runs / name), *eval_args, "--output", str(result)],
@@ -273,7 +304,8 @@ def summarise(settings: CompareSettings, facts: dict[str, dict]) -> dict:
     k = settings.samples
     keys = {"pass@1": "accuracy", f"pass@{k}": f"sampled/pass@{k}", f"maj@{k}": f"sampled/maj@{k}",
             "sampled pass@1": "sampled/pass@1", "response length": "response_length", "seq confidence": "sampled/seq_confidence"}
-    rows = {"warmup": {"runs": [WARMUP], **{name: [warmup_eval["metrics"][key]] for name, key in keys.items()}}}
+    rows = {"warmup": {"runs": [WARMUP], **{name: [warmup_eval["metrics"][key]] for name, key in keys.items()},
+                       **answer_spread(warmup_eval, k), "questions": [greedy_correct(warmup_eval)]}}
     run_curves: dict[str, dict] = {}
     for name, fact in facts.items():
         if name == WARMUP:
@@ -283,14 +315,33 @@ def summarise(settings: CompareSettings, facts: dict[str, dict]) -> dict:
         row["runs"].append(name)
         for label, key in keys.items():
             row.setdefault(label, []).append(result["metrics"][key])
+        for label, values in answer_spread(result, k).items():
+            row.setdefault(label, []).extend(values)
+        row.setdefault("questions", []).append(greedy_correct(result))
         run_curves[name] = curves(runs / name, fact["per_step"])
         row.setdefault("minutes", []).append(run_curves[name]["val/accuracy"][-1][2] / 60)
         for gain in settings.gains:
             reached = first_reaching(run_curves[name]["val/accuracy"], warmup_val + gain / 100)
             row.setdefault(f"to +{gain:g}", []).append(reached)
+    warmup_questions = pooled_scores(rows["warmup"]["questions"])
+    intervals = {method: paired_bootstrap(pooled_scores(row["questions"]), warmup_questions, settings.resamples)
+                 for method, row in rows.items() if method != "warmup"}
     timing = out / "timing.json"
-    return {"warmup_val_accuracy": warmup_val, "val_questions": _val_questions(runs / WARMUP), "rows": rows, "curves": run_curves,
+    return {"intervals": intervals, "warmup_val_accuracy": warmup_val, "val_questions": _val_questions(runs / WARMUP), "rows": rows, "curves": run_curves,
             "facts": facts, "seconds": json.loads(timing.read_text()) if timing.exists() else {}}
+
+
+def greedy_correct(result: dict) -> list[float]:
+    """Greedy correctness (0 or 1) of every test question, in the result file's order."""
+    return [float(detail["correct"][0]) for detail in result["details"]]
+
+
+def answer_spread(result: dict, k: int) -> dict[str, list[float]]:
+    """The sampled answers' spread, averaged over questions: the majority answer's share of the k
+    samples and the entropy of the answer distribution (answers clustered as the rewards do)."""
+    answers = [a for detail in result["details"] for a in detail["sample_answers"]]
+    _, shares = majority_agreement(answers, k)
+    return {"majority share": [statistics.fmean(shares)], "answer entropy": [statistics.fmean(answer_entropy(answers, k))]}
 
 
 def _val_questions(run_dir: Path) -> int:
@@ -319,13 +370,15 @@ def _reach(values: list[tuple[float, float] | None]) -> str:
 def table(summary: dict, settings: CompareSettings) -> str:
     k = settings.samples
     gains = [f"to +{g:g}" for g in settings.gains]
-    header = ["method", "seeds", "pass@1 (greedy)", f"pass@{k}", f"maj@{k}", "sampled pass@1", "response length",
-              "seq confidence", *[f"samples {g} pts (time; seeds)" for g in gains], "train min"]
+    header = ["method", "seeds", "pass@1 (greedy)", "vs warm-up [95% CI]", f"pass@{k}", f"maj@{k}", "sampled pass@1", "majority share",
+              "answer entropy", "response length", "seq confidence", *[f"samples {g} pts (time; seeds)" for g in gains], "train min"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, row in summary["rows"].items():
         label = "warm-up (start of every run)" if method == "warmup" else LABELS[method]
-        cells = [label, str(len(row["runs"])), _pct(row["pass@1"]), _pct(row[f"pass@{k}"]), _pct(row[f"maj@{k}"]),
-                 _pct(row["sampled pass@1"]), f"{statistics.fmean(row['response length']):.1f}",
+        interval = summary["intervals"].get(method)
+        cells = [label, str(len(row["runs"])), _pct(row["pass@1"]), interval.points() + (" *" if interval.excludes_zero() else "") if interval else "",
+                 _pct(row[f"pass@{k}"]), _pct(row[f"maj@{k}"]), _pct(row["sampled pass@1"]), f"{statistics.fmean(row['majority share']):.3f}",
+                 f"{statistics.fmean(row['answer entropy']):.3f}", f"{statistics.fmean(row['response length']):.1f}",
                  f"{statistics.fmean(row['seq confidence']):.3f}"]
         if method == "warmup":
             cells += ["-"] * (len(gains) + 1)
@@ -434,7 +487,10 @@ def write_report(summary: dict, settings: CompareSettings, argv: list[str], minu
         f"pass@1 is greedy; pass@{k}, maj@{k}, sampled pass@1 and sequence confidence come from {k} samples per question at temperature "
         f"{settings.temperature:g}. Mean ± standard deviation over seeds (percent). \"Samples to +N pts\": responses learned from at the first "
         f"in-run validation (greedy, {summary['val_questions']} validation questions, every {settings.val_every:,} responses) at or above the warm-up's "
-        f"{100 * summary['warmup_val_accuracy']:.1f}% + N points; median over the seeds that reached it.",
+        f"{100 * summary['warmup_val_accuracy']:.1f}% + N points; median over the seeds that reached it. \"vs warm-up\": greedy pass@1's "
+        f"difference to the warm-up, paired bootstrap 95% interval over the test questions ({settings.resamples:,} resamples; per-question "
+        "correctness averaged over seeds; * marks an interval that excludes 0). Majority share and answer entropy: of each question's "
+        f"{k} sampled answers, averaged over questions.",
         "",
         table(summary, settings),
         "",
@@ -446,7 +502,9 @@ def write_report(summary: dict, settings: CompareSettings, argv: list[str], minu
     ]
     report = out / "results.md"
     report.write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "curves"}, indent=1, default=str) + "\n")
+    kept = {k: v for k, v in summary.items() if k not in ("curves", "rows")}
+    kept["rows"] = {m: {k: v for k, v in row.items() if k != "questions"} for m, row in summary["rows"].items()}
+    (out / "results.json").write_text(json.dumps(kept, indent=1, default=str) + "\n")
     return report
 
 
@@ -479,7 +537,7 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-PROTOCOLS = ("papers", "matched")
+PROTOCOLS = ("papers", "matched", "label_free")
 
 
 def split_protocol(argv: list[str]) -> tuple[str, list[str]]:
@@ -509,17 +567,17 @@ def main(argv: list[str] | None = None) -> int:
         from workflows import protocol as papers
 
         return papers.main(rest)
-    return run_main(lambda: study(rest) if protocol == "matched" else unknown_protocol(protocol))
+    return run_main(lambda: study(rest, protocol) if protocol in STUDIES else unknown_protocol(protocol))
 
 
 def unknown_protocol(protocol: str) -> int:
     raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
 
 
-def study(argv: list[str]) -> int:
+def study(argv: list[str], kind: str = "matched") -> int:
     ours, train_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     settings, _ = parse(build_parser(), ours, CompareSettings)
-    settings.train_args = train_args
+    settings.train_args, settings.study = train_args, kind
     settings.validate()
     if settings.quick:
         settings.apply_quick()

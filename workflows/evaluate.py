@@ -67,6 +67,9 @@ class EvalSettings:
     """Generation budget; null: the run's own when evaluating a run, else 300 (ReFT's for GSM8K)."""
     prompt_style: Literal["reft", "chat"] | None = None
     """reft or chat; null: the run's own when evaluating a run, else reft."""
+    answer_style: Literal["reft", "lenient"] | None = None
+    """How answers are read: reft (the papers' format) or lenient (also "The answer is", "Answer:", the last number);
+    null: the run's own when evaluating a run, else reft. The parse rate is always reported."""
     seed: int = 0
     """Seed of the sampled responses: the same command draws the same samples."""
     synthetic: dict[str, Any] | None = None
@@ -154,8 +157,9 @@ def load_model(source: str, dtype: str = "float32", trust_remote_code: bool = Fa
     model_config = ModelConfig(dtype=dtype, trust_remote_code=trust_remote_code)
     run_dir = _run_folder_of(path) if path.exists() else None
     run_config = yaml.safe_load((run_dir / "config.yaml").read_text()) if run_dir else None
-    if path.is_file() and path.suffix != ".ckpt":
-        raise EvalError(f"{source} is a file but not a .ckpt checkpoint; give a checkpoint, a run folder, a Hugging Face folder or a hub id")
+    if path.is_file() and path.suffix not in (".ckpt", ".gguf"):
+        raise EvalError(f"{source} is a file but neither a .ckpt checkpoint nor a .gguf model; give a checkpoint, a run folder, "
+                        "a Hugging Face folder, a .gguf file or a hub id")
     checkpoint, adapter = None, None
     if path.suffix == ".ckpt":
         if not path.is_file():
@@ -178,8 +182,8 @@ def load_model(source: str, dtype: str = "float32", trust_remote_code: bool = Fa
         weights_from = _base_model_path(run_dir, run_config) if run_config else _adapter_base(path)
     elif path.is_dir() and not (path / "config.json").is_file():
         raise EvalError(f"{source} is a folder with neither a config.json (Hugging Face) nor a config.yaml (run)")
-    elif source == "embedded":
-        weights_from = resolve_model_path(model_config)
+    elif source == "embedded" or path.suffix.lower() == ".gguf":
+        weights_from = resolve_model_path(replace(model_config, name_or_path=source))  # a .gguf is converted once into the cache
     else:
         weights_from = source
     try:
@@ -206,11 +210,12 @@ def settings_for(model: LoadedModel, settings: EvalSettings) -> EvalSettings:
     """``settings`` with every null filled: a run's own generation budget, prompt style and
     generator knobs when the model comes from a run, else the defaults."""
     run = model.run_config
-    fallback = {"max_new_tokens": 300, "prompt_style": "reft", "synthetic": {}}
+    fallback = {"max_new_tokens": 300, "prompt_style": "reft", "answer_style": "reft", "synthetic": {}}
     if run is not None:
         fallback = {
             "max_new_tokens": run["trainer"]["max_new_tokens"],
             "prompt_style": run["data"]["prompt_style"],
+            "answer_style": run["data"].get("answer_style", "reft"),
             "synthetic": run["data"]["synthetic"],
         }
     return replace(settings, **{k: v for k, v in fallback.items() if getattr(settings, k) is None})
@@ -270,10 +275,10 @@ def answer_all(
     return Responses(texts, lengths, seq_conf, tok_conf)
 
 
-def summarise(responses: Responses, records: list[Record], n: int) -> tuple[dict[str, float], list[dict]]:
+def summarise(responses: Responses, records: list[Record], n: int, answer_style: str) -> tuple[dict[str, float], list[dict]]:
     """Metrics of greedy (``n = 0``) or sampled responses, and per-question details."""
     per_prompt = max(n, 1)
-    graded = grade(responses.texts, [r.answer for r in records], n)
+    graded = grade(responses.texts, [r.answer for r in records], n, answer_style)
     prefix = "sampled/" if n else ""
     metrics = {
         f"{prefix}parse_rate": graded.parsed.double().mean().item(),
@@ -312,10 +317,11 @@ def evaluate(model: LoadedModel, settings: EvalSettings, batch_size: int = 64) -
         print(f"warning: {truncated} of {len(prompts)} prompts are longer than the model's context ({context}) minus "
               f"--max_new_tokens ({settings.max_new_tokens}); their beginnings were cut", file=sys.stderr)
     prompts = [p[-room:] for p in prompts]
-    greedy, details = summarise(answer_all(model, prompts, 0, settings, batch_size, f"{model.name} greedy"), records, 0)
+    greedy, details = summarise(answer_all(model, prompts, 0, settings, batch_size, f"{model.name} greedy"), records, 0, settings.answer_style)
     metrics = {"questions": len(records), **greedy}
     if settings.samples:
-        sampled, sampled_details = summarise(answer_all(model, prompts, settings.samples, settings, batch_size, f"{model.name} x{settings.samples}"), records, settings.samples)
+        sampled, sampled_details = summarise(answer_all(model, prompts, settings.samples, settings, batch_size, f"{model.name} x{settings.samples}"), records, settings.samples,
+                                              settings.answer_style)
         metrics |= sampled
         for d, s in zip(details, sampled_details):
             d["samples"], d["sample_answers"], d["sample_correct"] = s["responses"], s["answers"], s["correct"]

@@ -2,11 +2,14 @@
 set, SFT on it to convergence as the baseline, and RL from an early checkpoint of that same SFT
 on the same questions (ReFT, arXiv 2401.08967 section 4; CARFT, arXiv 2508.15868).
 
-1. **Data.** ``train_questions`` generated problems with annotated chains of thought are the
-   whole training set; every run sees only them, epoch after epoch. Validation uses
+0. **Base model.** The papers start from pre-trained models; the embedded model stands in with
+   one SFT run on the generator's first ``base_questions`` problems (``base_steps`` steps of
+   configs/sft.yaml). Every later run starts from it.
+1. **Data.** ``train_questions`` fresh generated problems (after the base model's) with
+   annotated chains of thought are the whole training set; every run sees only them, epoch after epoch. Validation uses
    ``val_questions`` held-out problems (the standard error of one point is printed with the
    table); the test split is only ever read for the final table.
-2. **SFT baseline.** SFT on the training set at a constant learning rate, validated every
+2. **SFT baseline.** SFT from the base model on the training set at a constant learning rate, validated every
    epoch, until validation accuracy has not improved for ``patience`` validations (or
    ``sft_epochs``); its best-validation checkpoint is the baseline, one run per seed.
 3. **Warm-up.** The first ``warmup_epochs`` epochs of that same SFT run (seed 0): the same
@@ -42,7 +45,7 @@ from workflows.compare import COLORS, ROOT, Task, _torch_version, curves, execut
 from workflows.evaluate import read_result
 from workflows.statistics import Interval, paired_bootstrap, pooled_scores, standard_error
 
-WARMUP = "sft-warmup"
+BASE, WARMUP = "base", "sft-warmup"
 LABELS = {"sft": "SFT (converged)", "ppo": "PPO (ReFT)", "carft": "CARFT", "grpo": "GRPO", "rlsc": "RLSC (no labels)",
           "random": "control: random reward", "format": "control: format-only reward"}
 PALETTE = {**COLORS, "random": "#8c564b", "format": "#e377c2"}
@@ -62,17 +65,26 @@ class ProtocolSettings:
     """The RL method the controls run on; the default is PPO, the ReFT baseline CARFT is measured against."""
     seeds: int = 3
     """Seeds per method (data order and sampling); intervals pool them question by question."""
-    train_questions: int = 3000
+    base_questions: int = 20000
+    """Generated problems the base model is trained on; the training set comes after them in the stream."""
+    base_steps: int = 4000
+    """SFT steps of the base model (configs/sft.yaml's settings, its cosine schedule stretched to these steps): measured on
+    validation, 1400 steps (configs/sft.yaml's own) reach 41.5% and are still climbing steeply, 3500 reach 80%."""
+    sft_lr: float = 4e-4
+    """Constant learning rate of the SFT from the base model (configs/sft_continued.yaml: a tenth of the base's peak)."""
+    train_questions: int = 2000
     """N, the fixed annotated training set; sized so the SFT baseline plateaus within CPU minutes."""
     val_questions: int = 1000
     """Validation questions for early stopping and the curves: 1000 puts one point's standard error near 1.5 points."""
+    test_questions: int = 2000
+    """Test questions, read once per run at its best-validation checkpoint; paired intervals shrink with their number."""
     warmup_epochs: int = 2
     """SFT epochs before RL starts (ReFT's warm-up: 2 epochs)."""
     sft_epochs: int = 60
     """Most epochs of the SFT baseline (it usually stops earlier, at its plateau)."""
-    patience: int = 5
+    patience: int = 4
     """Validations without a better validation accuracy after which a run has plateaued and stops."""
-    rl_steps: int = 200
+    rl_steps: int = 100
     """Most rollouts of an RL run (the compute budget when validation has not plateaued)."""
     rl_val_every: int = 10
     """Rollouts between an RL run's validations."""
@@ -86,7 +98,9 @@ class ProtocolSettings:
     """Options after --: given to every scripts/train.py run."""
 
     def validate(self) -> None:
-        for name in ("seeds", "train_questions", "val_questions", "warmup_epochs", "sft_epochs", "patience", "rl_steps", "rl_val_every",
+        if self.sft_lr <= 0:
+            raise UsageError(f"--sft_lr must be positive, got {self.sft_lr}")
+        for name in ("seeds", "base_questions", "base_steps", "train_questions", "val_questions", "test_questions", "warmup_epochs", "sft_epochs", "patience", "rl_steps", "rl_val_every",
                      "resamples", "jobs"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name} must be at least 1, got {getattr(self, name)}")
@@ -98,10 +112,10 @@ class ProtocolSettings:
 
 QUICK = {  # the smallest model and data that run every path
     "common": ["--model.embedded.hidden_size", "32", "--model.embedded.num_layers", "2", "--model.embedded.num_heads", "2",
-               "--model.embedded.intermediate_size", "64", "--data.synthetic.num_test", "8", "--data.eval_batch_size", "8",
+               "--model.embedded.intermediate_size", "64", "--data.eval_batch_size", "8",
                "--trainer.max_new_tokens", "12", "--trainer.log_every_n_steps", "1"],
-    "settings": {"seeds": 1, "train_questions": 32, "val_questions": 8, "warmup_epochs": 1, "sft_epochs": 3, "patience": 2,
-                 "rl_steps": 2, "rl_val_every": 1, "resamples": 200},
+    "settings": {"seeds": 1, "base_questions": 32, "base_steps": 4, "train_questions": 32, "val_questions": 8, "test_questions": 8,
+                 "warmup_epochs": 1, "sft_epochs": 3, "patience": 2, "rl_steps": 2, "rl_val_every": 1, "resamples": 200},
     "rl": ["--data.batch_size", "2", "--algo.samples_per_prompt", "2"],
 }
 
@@ -111,23 +125,33 @@ def run_name(method: str, seed: int) -> str:
 
 
 def data_args(settings: ProtocolSettings) -> list[str]:
-    """The same questions for every run: N training problems, the validation split at its size."""
-    return ["--data.synthetic.num_train", str(settings.train_questions), "--data.synthetic.num_val", str(settings.val_questions),
-            "--data.max_val_examples", str(settings.val_questions)]
+    """The same questions for every run after the base model: N training problems after the base
+    model's, the validation split at its size."""
+    return ["--data.synthetic.train_offset", str(settings.base_questions), "--data.synthetic.num_train", str(settings.train_questions),
+            "--data.synthetic.num_val", str(settings.val_questions), "--data.max_val_examples", str(settings.val_questions),
+            "--data.synthetic.num_test", str(settings.test_questions)]
 
 
 def plan(settings: ProtocolSettings) -> tuple[list[Task], dict[str, dict]]:
     """The tasks (runs and evaluations, with what each waits for) and each run's facts."""
     out, train, evaluate = Path(settings.out), str(ROOT / "scripts" / "train.py"), str(ROOT / "scripts" / "evaluate.py")
     runs = out / "runs"
-    common = ["--runs_dir", str(runs), *data_args(settings), *(QUICK["common"] if settings.quick else []), *settings.train_args]
-    sft = ["--method", "sft", *common, "--optim.schedule", "constant"]  # constant: the warm-up is the start of the same run
+    quick = QUICK["common"] if settings.quick else []
+    base = ["--method", "sft", "--runs_dir", str(runs), "--run_name", BASE, "--seed", "0", "--data.synthetic.num_train", str(settings.base_questions),
+            "--data.synthetic.num_val", str(settings.val_questions), "--data.max_val_examples", str(settings.val_questions),
+            "--data.synthetic.num_test", str(settings.test_questions), "--trainer.max_steps", str(settings.base_steps),
+            "--trainer.val_every_n_steps", str(settings.base_steps), *quick, *settings.train_args]
+    tasks = [Task(BASE, [sys.executable, train, *base], done=runs / BASE / "hf" / "config.json", alone=True)]
+    common = ["--runs_dir", str(runs), *data_args(settings), *quick, *settings.train_args]
+    # From the base model at a constant learning rate: the warm-up is the start of the same run.
+    sft = ["--method", "sft", *common, "--model.name_or_path", str(runs / BASE / "hf"), "--optim.lr", str(settings.sft_lr),
+           "--optim.warmup_steps", "0", "--optim.schedule", "constant"]
     sft_per_step = per_step_samples("sft", sft)
     epoch = math.ceil(settings.train_questions / sft_per_step)
-    tasks = [Task(WARMUP, [sys.executable, train, *sft, "--seed", "0", "--run_name", WARMUP, "--trainer.max_steps",
-                           str(settings.warmup_epochs * epoch), "--trainer.val_every_n_steps", str(epoch),
-                           "--trainer.checkpoint_every_n_steps", str(epoch)], done=runs / WARMUP / "hf" / "config.json", alone=True)]
-    facts: dict[str, dict] = {WARMUP: {"method": "warmup", "seed": 0, "per_step": sft_per_step}}
+    tasks.append(Task(WARMUP, [sys.executable, train, *sft, "--seed", "0", "--run_name", WARMUP, "--trainer.max_steps",
+                               str(settings.warmup_epochs * epoch), "--trainer.val_every_n_steps", str(epoch),
+                               "--trainer.checkpoint_every_n_steps", str(epoch)], needs=[BASE], done=runs / WARMUP / "hf" / "config.json", alone=True))
+    facts: dict[str, dict] = {WARMUP: {"method": "warmup", "seed": 0, "per_step": sft_per_step}}  # the base model is no run of the table
     stop = ["--trainer.keep_best", "true", "--trainer.early_stopping_patience", str(settings.patience)]
     sft_run = [*sft[2:], "--trainer.max_steps", str(settings.sft_epochs * epoch), "--trainer.val_every_n_steps", str(epoch),
                "--trainer.checkpoint_every_n_steps", str(epoch)]
@@ -144,12 +168,13 @@ def plan(settings: ProtocolSettings) -> tuple[list[Task], dict[str, dict]]:
             name = run_name(label, seed)
             facts[name] = {"method": label, "seed": seed, "per_step": per_step}
             argv = [sys.executable, train, "--method", method, *overrides, *stop, "--seed", str(seed), "--run_name", name]
-            tasks.append(Task(name, argv, needs=[WARMUP], done=runs / name / "hf" / "config.json"))
+            tasks.append(Task(name, argv, needs=[BASE, WARMUP], done=runs / name / "hf" / "config.json"))
             result = out / "eval" / f"{name}.json"
             best = runs / name / "checkpoints" / "best.ckpt"
             tasks.append(Task(f"eval {name}", [sys.executable, evaluate, str(best), "--output", str(result)], needs=[name], done=result))
-    result = out / "eval" / f"{WARMUP}.json"
-    tasks.append(Task(f"eval {WARMUP}", [sys.executable, evaluate, str(runs / WARMUP), "--output", str(result)], needs=[WARMUP], done=result))
+    for start in (BASE, WARMUP):
+        result = out / "eval" / f"{start}.json"
+        tasks.append(Task(f"eval {start}", [sys.executable, evaluate, str(runs / start), "--output", str(result)], needs=[start], done=result))
     return tasks, facts
 
 
@@ -188,10 +213,11 @@ def summarise(settings: ProtocolSettings, facts: dict[str, dict]) -> dict:
         for against in ("sft", "ppo"):
             if against in rows and method != against:
                 intervals[(method, against)] = paired_bootstrap(pooled[method], pooled[against], settings.resamples)
-    warmup = read_result(out / "eval" / f"{WARMUP}.json")
+    warmup, base = read_result(out / "eval" / f"{WARMUP}.json"), read_result(out / "eval" / f"{BASE}.json")
     warmup_val = curves(runs / WARMUP, facts[WARMUP]["per_step"])["val/accuracy"][-1][1]
     timing = out / "timing.json"
     return {"rows": rows, "target": target, "intervals": intervals, "warmup_test": warmup["metrics"]["accuracy"], "warmup_val": warmup_val,
+            "base_test": base["metrics"]["accuracy"],
             "test_questions": len(pooled["sft"]), "seconds": json.loads(timing.read_text()) if timing.exists() else {}}
 
 
@@ -226,6 +252,7 @@ def table(summary: dict) -> str:
     header = ["method", "seeds", "test acc. at best val", "vs SFT [95% CI]", "vs PPO [95% CI]", "best val", "rollouts to SFT's val (seeds)",
               "minutes to it", "stopped at"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines.append(f"| base model (start of every SFT run) | 1 | {100 * summary['base_test']:.1f} | | | | | | |")
     lines.append(f"| warm-up (SFT, start of every RL run) | 1 | {100 * summary['warmup_test']:.1f} | | | {100 * summary['warmup_val']:.1f} | | | |")
     for method, row in summary["rows"].items():
         reached = [r for r in row["reach"] if r is not None]
@@ -298,10 +325,12 @@ def write_report(summary: dict, settings: ProtocolSettings, argv: list[str], min
         f"{settings.jobs} jobs at a time; {sum(summary['seconds'].values()) / 60:.0f} min of task time (`timing.json`), "
         f"this invocation {minutes:.1f} min.",
         "",
-        f"Training set: {settings.train_questions} generated problems with annotated chains of thought, the same for every run. "
+        f"Base model: SFT on the generator's first {settings.base_questions} problems for {settings.base_steps} steps, the stand-in for "
+        "a pre-trained model. "
+        f"Training set: the next {settings.train_questions} generated problems with annotated chains of thought, the same for every run. "
         f"Validation: {settings.val_questions} questions (one point's standard error at {100 * summary['target']:.0f}%: {100 * error:.1f} points). "
         f"Test: {summary['test_questions']} questions, read once per run at its best-validation checkpoint. SFT trains to its plateau "
-        f"({settings.patience} validations without a better one, at most {settings.sft_epochs} epochs); RL starts from the first "
+        f"from the base model at a constant learning rate of {settings.sft_lr:g} ({settings.patience} validations without a better one, at most {settings.sft_epochs} epochs); RL starts from the first "
         f"{settings.warmup_epochs} epochs of that SFT and runs until its own plateau or {settings.rl_steps} rollouts. Test accuracy: mean ± "
         f"standard deviation over {settings.seeds} seeds. Intervals: paired bootstrap over test questions ({settings.resamples:,} resamples) of "
         "per-question accuracy averaged over seeds; * marks an interval that excludes 0.",

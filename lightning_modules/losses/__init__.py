@@ -36,7 +36,7 @@ from lightning_modules.losses.common import (
     token_logprobs,
 )
 from lightning_modules.losses.grpo import grpo_advantages, gspo_loss, overlong_penalty
-from lightning_modules.losses.label_free import entropy_reward, self_certainty
+from lightning_modules.losses.label_free import entropy_reward, self_certainty, token_entropy
 from lightning_modules.losses.ppo import explained_variance, gae, last_token_rewards, ppo_policy_loss, ppo_value_loss, whiten
 from lightning_modules.losses.rlsc import agreement_confidence, rlsc_loss, token_confidence
 from lightning_modules.losses.sft import sft_loss
@@ -47,6 +47,6 @@ __all__ = [
     "gspo_loss", "kl_k1", "kl_k2", "kl_k3", "last_token_rewards", "lcs_masks", "lcs_masks_batch", "majority_agreement",
     "majority_answer", "masked_mean", "negative_rows", "overlong_penalty", "pairwise_cos", "partial_reward", "pool_cot",
     "ppo_policy_loss", "ppo_value_loss", "reinforce_loss", "representation_mse", "rlsc_loss", "rule_reward",
-    "self_certainty", "sequence_logp", "sft_loss", "supcon_loss", "token_confidence", "token_logprobs", "triplet_loss",
+    "self_certainty", "sequence_logp", "sft_loss", "supcon_loss", "token_confidence", "token_entropy", "token_logprobs", "triplet_loss",
     "whiten",
 ]

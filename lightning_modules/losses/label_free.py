@@ -20,7 +20,7 @@ from lightning_modules.losses.common import masked_mean
 DEFAULT_CHUNK_SIZE = 256
 
 
-def _per_position(
+def per_position(
     logits: torch.Tensor, mask: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], chunk_size: int
 ) -> torch.Tensor:
     """``fn`` (float32 ``[n, V] -> [n]``) at every masked position, 0 elsewhere; ``[B, T, V] -> [B, T]`` float32."""
@@ -53,7 +53,15 @@ def self_certainty(logits: torch.Tensor, mask: torch.Tensor, chunk_size: int = D
 
     0 for a uniform distribution, larger for a more peaked one; an empty mask gives 0. The logits are
     used as given (any temperature already applied); a -inf logit makes the KL +inf."""
-    return masked_mean(_per_position(logits, mask, _kl_uniform, chunk_size), mask, dim=-1)
+    return masked_mean(per_position(logits, mask, _kl_uniform, chunk_size), mask, dim=-1)
+
+
+@torch.no_grad()
+def token_entropy(logits: torch.Tensor, mask: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+    """Entropy of softmax(l_t) at every masked position, 0 elsewhere, without gradient and chunked;
+    ``[B, T, V], [B, T] -> [B, T]`` float32 (the logged ``entropy``; the entropy bonus, which needs
+    a gradient, is ``entropy_from_logits``)."""
+    return per_position(logits, mask, _entropy, chunk_size)
 
 
 @torch.no_grad()
@@ -66,7 +74,7 @@ def entropy_reward(
     (EM-RL, arXiv 2505.15134). An empty mask gives 0."""
     if reduction not in ("mean", "sum"):
         raise ValueError(f"unknown reduction {reduction!r}; expected mean or sum")
-    entropy = _per_position(logits, mask, _entropy, chunk_size)
+    entropy = token_entropy(logits, mask, chunk_size)
     if reduction == "mean":
         return -masked_mean(entropy, mask, dim=-1)
     return -(entropy * mask.to(entropy.dtype)).sum(-1)

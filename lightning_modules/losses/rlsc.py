@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from lightning_modules.losses.common import masked_mean
+from lightning_modules.losses.label_free import DEFAULT_CHUNK_SIZE, per_position
 
 
 def rlsc_loss(seq_logp: torch.Tensor, alpha: float = 0.1, weighting: str = "paper", reduction: str = "mean") -> torch.Tensor:
@@ -28,9 +29,13 @@ def rlsc_loss(seq_logp: torch.Tensor, alpha: float = 0.1, weighting: str = "pape
 
 @torch.no_grad()
 def token_confidence(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over masked positions of the largest next-token probability; ``[B, T, V] -> [B]``."""
-    top = torch.softmax(logits.float(), dim=-1).amax(-1)
-    return masked_mean(top, mask, dim=-1)
+    """Mean over masked positions of the largest next-token probability, ``exp(max_v l - logsumexp_v l)``;
+    ``[B, T, V] -> [B]``. Chunked over positions like the label-free rewards: no float copy of the whole tensor."""
+    return masked_mean(per_position(logits, mask, _top_probability, DEFAULT_CHUNK_SIZE), mask, dim=-1)
+
+
+def _top_probability(chunk: torch.Tensor) -> torch.Tensor:
+    return (chunk.amax(-1) - torch.logsumexp(chunk, dim=-1)).exp()
 
 
 @torch.no_grad()
