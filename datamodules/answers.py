@@ -127,11 +127,47 @@ def is_correct(pred: float | None, gold: float, tol: float = 1e-2) -> bool:
 CORRECT_REWARD, WRONG_ANSWER_REWARD, NO_ANSWER_REWARD = 1.0, 0.1, 0.0
 
 
-def rule_reward(pred: float | None, gold: float) -> float:
-    """ReFT/CARFT rule reward: 1.0 correct, 0.1 an answer was extracted but is wrong, 0.0 none."""
-    if pred is None:
-        return NO_ANSWER_REWARD
-    return CORRECT_REWARD if is_correct(pred, gold) else WRONG_ANSWER_REWARD
+def rule_reward(pred: float | None, gold: float, correct: bool | None = None) -> float:
+    """ReFT/CARFT rule reward: 1.0 correct, 0.1 an answer was extracted but is wrong, 0.0 none.
+    ``correct`` is the checker's verdict when another checker than ``is_correct`` decided it."""
+    if correct is None:
+        correct = is_correct(pred, gold)
+    if correct:
+        return CORRECT_REWARD
+    return NO_ANSWER_REWARD if pred is None else WRONG_ANSWER_REWARD
+
+
+# ---- checkers --------------------------------------------------------------------------------
+ANSWER_CHECKERS = ("rule", "math_verify")
+"""rule: the extracted number against the gold one (is_correct); math_verify: Hugging Face's
+math-verify on the whole response (LaTeX, \\boxed{}, fractions, expressions), as TRL, verl and open-r1 use."""
+
+
+def check_answer(text: str, prediction: float | None, gold: float, checker: str = "rule") -> bool:
+    """Whether a response is right, by ``checker``."""
+    if checker == "rule":
+        return is_correct(prediction, gold)
+    if checker == "math_verify":
+        return math_verify_correct(text, gold)
+    raise ValueError(f"unknown answer checker {checker!r}; expected one of {', '.join(ANSWER_CHECKERS)}")
+
+
+def math_verify_correct(text: str, gold: float, timeout: int = 5) -> bool:
+    """math-verify's verdict on ``text`` against the number ``gold``. Its timeouts use
+    ``signal.alarm``, which works on the main thread only (elsewhere math-verify raises): off the
+    main thread the check runs without them. Any failure inside it counts as wrong."""
+    import logging
+    import threading
+
+    from math_verify import parse, verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # its warning that a disabled timeout is the caller's to handle
+    seconds = timeout if threading.current_thread() is threading.main_thread() else None
+    number = f"{gold:.10g}"
+    try:
+        return bool(verify(parse(f"${number}$", parsing_timeout=seconds), parse(text, parsing_timeout=seconds), timeout_seconds=seconds))
+    except Exception:  # math-verify raises on some malformed LaTeX despite raise_on_error=False
+        return False
 
 
 def answer_clusters(answers: list[float | None]) -> tuple[list[float], list[int]]:

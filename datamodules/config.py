@@ -6,9 +6,10 @@ with one sentence naming the key.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 
-from datamodules.answers import ANSWER_STYLES
+from datamodules.answers import ANSWER_CHECKERS, ANSWER_STYLES
 from datamodules.synthetic import SyntheticConfig
 
 
@@ -44,6 +45,9 @@ class DataConfig:
     answer_style: str = "reft"
     """How answers are read (docs/METHODS.md section 0.2): 'reft' (the papers' format: "Therefore, the answer is", "####",
     \\boxed{}) or 'lenient' (also "The answer is" / "Answer:" and then the last number, for a model not trained on that format)."""
+    answer_checker: str = "rule"
+    """Whether an answer is right: 'rule' (the extracted number within 0.01 of the gold one, CARFT's rule) or 'math_verify'
+    (Hugging Face's math-verify on the whole response, for LaTeX and \\boxed{} answers; pip install math-verify)."""
     val_size: int = 200
     """Questions held out from path for validation when no val_path is given."""
     max_val_examples: int = 200
@@ -71,6 +75,9 @@ class DataConfig:
         require(self.on_error in ("raise", "skip"), f"data.on_error must be raise or skip, got {self.on_error!r}")
         require(self.prompt_style in ("reft", "chat"), f"data.prompt_style must be reft or chat, got {self.prompt_style!r}")
         require(self.answer_style in ANSWER_STYLES, f"data.answer_style must be reft or lenient, got {self.answer_style!r}")
+        require(self.answer_checker in ANSWER_CHECKERS, f"data.answer_checker must be rule or math_verify, got {self.answer_checker!r}")
+        require(self.answer_checker != "math_verify" or importlib.util.find_spec("math_verify") is not None,
+                "data.answer_checker math_verify needs the math-verify package: pip install math-verify")
         require(self.overlong in ("error", "drop", "truncate"), f"data.overlong must be error, drop or truncate, got {self.overlong!r}")
         for name in ("val_size", "max_val_examples", "max_prompt_tokens", "max_target_tokens", "batch_size", "eval_batch_size", "bucket_batches"):
             require(getattr(self, name) > 0, f"data.{name} must be positive, got {getattr(self, name)}")

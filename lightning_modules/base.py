@@ -170,7 +170,7 @@ class ReasoningModule(L.LightningModule):
         trainer_config, gold = self.config.trainer, batch["answer"].tolist()
         greedy = respond(self.policy, self.tokenizer, batch["prompt_ids"], batch["prompt_mask"], trainer_config.max_new_tokens,
                          sampler=trainer_config.sampler)
-        graded = grade(greedy.texts, gold, answer_style=self.config.data.answer_style)
+        graded = grade(greedy.texts, gold, answer_style=self.config.data.answer_style, checker=self.config.data.answer_checker)
         metrics = self.eval_metrics[stage]
         metrics["accuracy"].update(graded.correct[:, 0].float())
         metrics["response_length"].update(greedy.lengths)
@@ -182,7 +182,7 @@ class ReasoningModule(L.LightningModule):
                 temperature=self.eval_temperature, seed=self.run_seed(batch_idx), sampler=trainer_config.sampler,
                 max_rows=self.config.data.eval_batch_size,
             )
-            graded_k = grade(sampled.texts, gold, k, self.config.data.answer_style)
+            graded_k = grade(sampled.texts, gold, k, self.config.data.answer_style, self.config.data.answer_checker)
             metrics[f"pass@{k}"].update(graded_k.pass_at(k))
             metrics[f"maj@{k}"].update(graded_k.majority.float())
             metrics["sampled_accuracy"].update(graded_k.correct.float().mean(-1))

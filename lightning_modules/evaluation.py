@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from datamodules.answers import extract_answer, is_correct
+from datamodules.answers import check_answer, extract_answer
 from lightning_modules.generation import decode, generate, response_logits
 from lightning_modules.losses import sequence_logp, token_confidence
 from lightning_modules.metrics import majority_correct, pass_at_k
@@ -106,11 +106,13 @@ class Graded:
         return torch.tensor([pass_at_k(n, int(c), k) for c in self.correct.sum(-1)], dtype=torch.float)
 
 
-def grade(texts: list[str], gold: list[float], n: int = 0, answer_style: str = "reft") -> Graded:
-    """Read (by ``answer_style``) and check ``max(n, 1)`` responses per question against each question's ``gold`` answer."""
+def grade(texts: list[str], gold: list[float], n: int = 0, answer_style: str = "reft", checker: str = "rule") -> Graded:
+    """Read (by ``answer_style``) and check (by ``checker``) ``max(n, 1)`` responses per question
+    against each question's ``gold`` answer."""
     per_prompt = max(n, 1)
     predictions = [extract_answer(text, answer_style) for text in texts]
-    correct = torch.tensor([is_correct(p, float(gold[i // per_prompt])) for i, p in enumerate(predictions)], dtype=torch.bool)
+    correct = torch.tensor([check_answer(t, p, float(gold[i // per_prompt]), checker) for i, (t, p) in enumerate(zip(texts, predictions))],
+                           dtype=torch.bool)
     parsed = torch.tensor([p is not None for p in predictions], dtype=torch.bool)
     majority = torch.tensor(
         [majority_correct(predictions[q * per_prompt : (q + 1) * per_prompt], float(g)) for q, g in enumerate(gold)], dtype=torch.bool

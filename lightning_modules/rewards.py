@@ -44,7 +44,8 @@ class RuleReward:
 
     def __call__(self, rollout: Rollout, signals: Signals) -> Rewards:
         gold = rollout.answer.tolist()
-        values = [rule_reward(p, g) for p, g in zip(rollout.predictions, gold)]
+        verdicts = rollout.correct.tolist() if rollout.correct is not None else [None] * len(gold)  # the run's checker decided them
+        values = [rule_reward(p, g, c) for p, g, c in zip(rollout.predictions, gold, verdicts)]
         return Rewards(torch.tensor(values, device=rollout.response_ids.device), {})
 
 

@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import nn
 
-from datamodules.answers import extract_answer, is_correct
+from datamodules.answers import check_answer, extract_answer
 from lightning_modules.base import ReasoningModule
 from lightning_modules.config import require
 from lightning_modules.distributed import all_reduce_mean
@@ -215,7 +215,8 @@ class RLModule(ReasoningModule):
         correct = None
         if "answer" in labels:
             gold = labels["answer"].tolist()
-            correct = torch.tensor([is_correct(p, g) for p, g in zip(predictions, gold)], device=self.device)
+            checker = self.config.data.answer_checker
+            correct = torch.tensor([check_answer(t, p, g, checker) for t, p, g in zip(texts, predictions, gold)], device=self.device)
         return Rollout(
             input_ids=torch.cat([prompt_ids, response_ids], dim=1),
             attention_mask=torch.cat([prompt_mask, mask], dim=1),

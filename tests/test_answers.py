@@ -180,3 +180,30 @@ def test_excerpt_reft_svamp_cots_agree_but_for_the_known_rows(sample_data):
     # two percent answers, three "duplicate question" rows, the one wrong annotation (see above)
     assert disagree == {"svamp_338", "svamp_2000", "svamp_852", "svamp_993", "svamp_2109", "svamp_929"}
     assert len(rows) == 46
+
+
+def test_the_math_verify_checker_reads_latex_and_falls_back_off_the_main_thread():
+    pytest.importorskip("math_verify")
+    import threading
+
+    from datamodules.answers import check_answer
+
+    text = "The pears cost $\\frac{3}{2}$ each, so \\boxed{\\frac{3}{2}}."
+    assert check_answer(text, extract_answer(text), 1.5, "math_verify")  # the box holds a LaTeX fraction
+    assert not check_answer("\\boxed{\\frac{3}{4}}", None, 1.5, "math_verify")
+    assert check_answer("Therefore, the answer is 12", 12.0, 12.0, "rule") and not check_answer("no number", None, 12.0, "rule")
+    # math-verify's own timeouts need the main thread (signal.alarm); elsewhere the check runs without them.
+    verdicts = []
+    worker = threading.Thread(target=lambda: verdicts.append(check_answer("so \\boxed{52}", None, 52.0, "math_verify")))
+    worker.start()
+    worker.join()
+    assert verdicts == [True]
+    with pytest.raises(ValueError, match="unknown answer checker"):
+        check_answer("5", 5.0, 5.0, "exact")
+
+
+def test_the_rule_reward_follows_the_checkers_verdict():
+    from datamodules.answers import rule_reward
+
+    assert [rule_reward(3.0, 3.0), rule_reward(4.0, 3.0), rule_reward(None, 3.0)] == [1.0, 0.1, 0.0]
+    assert rule_reward(None, 1.5, correct=True) == 1.0 and rule_reward(1.5, 1.5, correct=False) == 0.1

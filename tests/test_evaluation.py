@@ -172,6 +172,22 @@ def test_real_gsm8k_file_runs_end_to_end_with_the_parse_rate(capsys, tiny_run, s
     assert saved["settings"]["data"].endswith("test.jsonl") and "parse_rate" in out
 
 
+def test_lenient_answers_and_the_math_verify_checker_are_options_of_a_run_evaluation(capsys, tiny_run, tmp_path):
+    pytest.importorskip("math_verify")
+    results = {}
+    for name, extra in (("plain", []), ("lenient", ["--answer_style", "lenient", "--answer_checker", "math_verify"])):
+        out_json = tmp_path / f"{name}.json"
+        code, _, err = evaluate_cli(capsys, [str(tiny_run), "--limit", "12", "--max_new_tokens", "8", *extra, "--output", str(out_json)])
+        assert code == 0, err
+        results[name] = json.loads(out_json.read_text())
+    assert results["plain"]["settings"]["answer_style"] == "reft" and results["plain"]["settings"]["answer_checker"] == "rule"
+    assert results["lenient"]["settings"]["answer_checker"] == "math_verify"
+    # The lenient style reads at least every answer the papers' format does.
+    assert results["lenient"]["metrics"]["parse_rate"] >= results["plain"]["metrics"]["parse_rate"]
+    code, _, err = evaluate_cli(capsys, [str(tiny_run), "--answer_checker", "exact"])
+    assert code == 2
+
+
 @pytest.mark.parametrize("case", ["truncated ckpt", "not a ckpt", "missing", "empty folder", "loose ckpt", "bad samples", "bad data"])
 def test_bad_requests_get_one_sentence_and_exit_2(capsys, tiny_run, tmp_path, case):
     source, extra = str(tiny_run), []

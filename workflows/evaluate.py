@@ -14,6 +14,7 @@ parsed as a number, never executed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -70,6 +71,9 @@ class EvalSettings:
     answer_style: Literal["reft", "lenient"] | None = None
     """How answers are read: reft (the papers' format) or lenient (also "The answer is", "Answer:", the last number);
     null: the run's own when evaluating a run, else reft. The parse rate is always reported."""
+    answer_checker: Literal["rule", "math_verify"] | None = None
+    """Whether an answer is right: rule (the extracted number within 0.01) or math_verify (Hugging Face's math-verify on the
+    whole response; pip install math-verify); null: the run's own when evaluating a run, else rule. maj@k counts extracted numbers."""
     seed: int = 0
     """Seed of the sampled responses: the same command draws the same samples."""
     synthetic: dict[str, Any] | None = None
@@ -85,6 +89,8 @@ class EvalSettings:
             (self.limit is None or self.limit > 0, f"--limit must be positive, got {self.limit}"),
             (self.prompt_style in (None, "reft", "chat"), f"--prompt_style must be reft or chat, got {self.prompt_style!r}"),
             (self.format in ("auto", "gsm8k", "reft", "svamp"), f"--format must be auto, gsm8k, reft or svamp, got {self.format!r}"),
+            (self.answer_checker != "math_verify" or importlib.util.find_spec("math_verify") is not None,
+             "--answer_checker math_verify needs the math-verify package: pip install math-verify"),
         )
         for ok, message in checks:
             if not ok:
@@ -210,12 +216,13 @@ def settings_for(model: LoadedModel, settings: EvalSettings) -> EvalSettings:
     """``settings`` with every null filled: a run's own generation budget, prompt style and
     generator knobs when the model comes from a run, else the defaults."""
     run = model.run_config
-    fallback = {"max_new_tokens": 300, "prompt_style": "reft", "answer_style": "reft", "synthetic": {}}
+    fallback = {"max_new_tokens": 300, "prompt_style": "reft", "answer_style": "reft", "answer_checker": "rule", "synthetic": {}}
     if run is not None:
         fallback = {
             "max_new_tokens": run["trainer"]["max_new_tokens"],
             "prompt_style": run["data"]["prompt_style"],
             "answer_style": run["data"].get("answer_style", "reft"),
+            "answer_checker": run["data"].get("answer_checker", "rule"),
             "synthetic": run["data"]["synthetic"],
         }
     return replace(settings, **{k: v for k, v in fallback.items() if getattr(settings, k) is None})
@@ -275,10 +282,10 @@ def answer_all(
     return Responses(texts, lengths, seq_conf, tok_conf)
 
 
-def summarise(responses: Responses, records: list[Record], n: int, answer_style: str) -> tuple[dict[str, float], list[dict]]:
+def summarise(responses: Responses, records: list[Record], n: int, answer_style: str, checker: str) -> tuple[dict[str, float], list[dict]]:
     """Metrics of greedy (``n = 0``) or sampled responses, and per-question details."""
     per_prompt = max(n, 1)
-    graded = grade(responses.texts, [r.answer for r in records], n, answer_style)
+    graded = grade(responses.texts, [r.answer for r in records], n, answer_style, checker)
     prefix = "sampled/" if n else ""
     metrics = {
         f"{prefix}parse_rate": graded.parsed.double().mean().item(),
@@ -317,11 +324,12 @@ def evaluate(model: LoadedModel, settings: EvalSettings, batch_size: int = 64) -
         print(f"warning: {truncated} of {len(prompts)} prompts are longer than the model's context ({context}) minus "
               f"--max_new_tokens ({settings.max_new_tokens}); their beginnings were cut", file=sys.stderr)
     prompts = [p[-room:] for p in prompts]
-    greedy, details = summarise(answer_all(model, prompts, 0, settings, batch_size, f"{model.name} greedy"), records, 0, settings.answer_style)
+    greedy, details = summarise(answer_all(model, prompts, 0, settings, batch_size, f"{model.name} greedy"), records, 0, settings.answer_style,
+                                settings.answer_checker)
     metrics = {"questions": len(records), **greedy}
     if settings.samples:
         sampled, sampled_details = summarise(answer_all(model, prompts, settings.samples, settings, batch_size, f"{model.name} x{settings.samples}"), records, settings.samples,
-                                              settings.answer_style)
+                                              settings.answer_style, settings.answer_checker)
         metrics |= sampled
         for d, s in zip(details, sampled_details):
             d["samples"], d["sample_answers"], d["sample_correct"] = s["responses"], s["answers"], s["correct"]
