@@ -119,18 +119,26 @@ def architecture(model: str) -> Architecture:
 class Setting:
     """What shapes the memory of a run."""
 
-    method: str = "grpo"
+    method: Literal["sft", "ppo", "carft", "grpo", "rlsc", "ttrl", "intuitor", "rent", "empo"] = "grpo"
+    """The method: whether there is a reference model, a rollout, and which positions are scored."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    """ddp (every GPU holds everything) or fsdp (FSDP2: weights, gradients, optimizer state and reference sharded over the GPUs)."""
     gpus: int = 1
+    """GPUs the run is spread over."""
     lora_r: int = 0
+    """LoRA rank on every linear layer; 0 trains the full model."""
     precision: Literal["32", "bf16-mixed", "bf16-true"] = "bf16-mixed"
+    """trainer.precision."""
     micro_batch: int = 8
     """Sequences in one forward and backward on a GPU."""
     prompt_tokens: int = 256
+    """Prompt length (GSM8K questions fit in 256)."""
     response_tokens: int = 512
+    """Response length (trainer.max_new_tokens)."""
     rollout_rows: int = 64
-    """Sequences decoded at once on a GPU."""
+    """Sequences decoded at once on a GPU (questions x samples per question)."""
     gradient_checkpointing: bool = False
+    """model.gradient_checkpointing."""
 
 
 def plan(arch: Architecture, setting: Setting) -> dict[str, int]:
@@ -218,31 +226,11 @@ def measure(arch: Architecture, micro_batch: int, length: int) -> int:
 
 # ---- command line ----------------------------------------------------------------------------
 @dataclass
-class MemorySettings:
+class MemorySettings(Setting):
     """What to plan (the options of scripts/memory_plan.py)."""
 
     model: str = "qwen2.5-7b"
     """A preset (qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b, qwen2.5-math-1.5b, qwen2.5-math-7b, smollm2-135m) or a folder with a config.json."""
-    method: Literal["sft", "ppo", "carft", "grpo", "rlsc", "ttrl", "intuitor", "rent", "empo"] = "grpo"
-    """The method: whether there is a reference model, a rollout, and which positions are scored."""
-    strategy: Literal["ddp", "fsdp"] = "ddp"
-    """ddp (every GPU holds everything) or fsdp (FSDP2: weights, gradients, optimizer state and reference sharded over the GPUs)."""
-    gpus: int = 1
-    """GPUs the run is spread over."""
-    lora_r: int = 0
-    """LoRA rank on every linear layer; 0 trains the full model."""
-    precision: Literal["32", "bf16-mixed", "bf16-true"] = "bf16-mixed"
-    """trainer.precision."""
-    micro_batch: int = 8
-    """Sequences in one forward and backward on a GPU."""
-    prompt_tokens: int = 256
-    """Prompt length (GSM8K questions fit in 256)."""
-    response_tokens: int = 512
-    """Response length (trainer.max_new_tokens)."""
-    rollout_rows: int = 64
-    """Sequences decoded at once on a GPU (questions x samples per question)."""
-    gradient_checkpointing: bool = False
-    """model.gradient_checkpointing."""
     table: bool = False
     """Print docs/PERFORMANCE.md's table instead: GRPO on Qwen2.5 0.5B, 1.5B and 7B, on 1 and 8 GPUs, DDP, FSDP2 and LoRA."""
     check: bool = False
@@ -297,7 +285,7 @@ def run(argv: list[str]) -> int:
         print(check())
         return 0
     arch = architecture(settings.model)
-    setting = Setting(**{k: getattr(settings, k) for k in Setting.__dataclass_fields__})
+    setting = Setting(**{name: getattr(settings, name) for name in Setting.__dataclass_fields__})
     print(f"{settings.model}: {arch.parameters() / 1e9:.3f}B parameters"
           + (f", {arch.lora_parameters(settings.lora_r) / 1e6:.1f}M of them LoRA's" if settings.lora_r else "") + "; GiB per GPU.\n")
     print(table([(f"{settings.method}, {settings.strategy}, {settings.gpus} GPU(s), {settings.precision}", plan(arch, setting))],

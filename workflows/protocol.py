@@ -63,8 +63,8 @@ class ProtocolSettings:
     """Control rewards (arXiv 2506.10947): random is Bernoulli(0.5), format pays 1 for any readable answer."""
     control_method: Literal["ppo", "grpo"] = "ppo"
     """The RL method the controls run on; the default is PPO, the ReFT baseline CARFT is measured against."""
-    seeds: int = 3
-    """Seeds per method (data order and sampling); intervals pool them question by question."""
+    seeds: int = 2
+    """Seeds per method (data order and sampling); intervals pool them question by question over the test questions."""
     base_questions: int = 20000
     """Generated problems the base model is trained on; the training set comes after them in the stream."""
     base_steps: int = 4000
