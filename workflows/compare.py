@@ -475,9 +475,9 @@ def write_report(summary: dict, settings: CompareSettings, argv: list[str], minu
     images = plots(summary, out, settings)
     k = settings.samples
     lines = [
-        "# Comparison study",
+        "# The label-free family, matched samples" if settings.study == "label_free" else "# The matched-sample study",
         "",
-        f"Command: `python scripts/compare.py {shlex.join(argv)}`",
+        f"Command: `python scripts/compare.py {shlex.join(['--protocol', settings.study, *argv])}`",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {_torch_version()}; "
         f"{settings.jobs} jobs at a time. The runs and evaluations took {sum(summary['seconds'].values()) / 60:.0f} min of wall time "
         f"summed over tasks (`timing.json`); this invocation took {minutes:.1f} min.",
