@@ -24,7 +24,7 @@ def test_protocol_is_the_default_and_matched_is_an_option():
 
 def test_an_unknown_protocol_gets_one_sentence(capsys):
     assert main(["--protocol", "mine"]) == 2
-    assert capsys.readouterr().err.strip() == "error: --protocol must be one of papers, matched, got 'mine'"
+    assert capsys.readouterr().err.strip() == "error: --protocol must be one of papers, matched, label_free, got 'mine'"
 
 
 def test_smoothing_is_a_trailing_mean():

@@ -282,7 +282,7 @@ def answer_all(
     return Responses(texts, lengths, seq_conf, tok_conf)
 
 
-def summarise(responses: Responses, records: list[Record], n: int, answer_style: str, checker: str) -> tuple[dict[str, float], list[dict]]:
+def summarise(responses: Responses, records: list[Record], n: int, answer_style: str = "reft", checker: str = "rule") -> tuple[dict[str, float], list[dict]]:
     """Metrics of greedy (``n = 0``) or sampled responses, and per-question details."""
     per_prompt = max(n, 1)
     graded = grade(responses.texts, [r.answer for r in records], n, answer_style, checker)
