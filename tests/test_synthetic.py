@@ -315,3 +315,18 @@ def test_every_style_writes_a_problem_differently_and_style_zero_is_the_template
         for text in texts:
             record = synthetic.Record(uid="", question=question, answer=float(answer), chain_of_thought=text)
             check_styled_record(record, SyntheticConfig(min_steps=1, max_steps=4))
+
+
+def test_train_offset_takes_the_next_problems_of_the_stream():
+    """The protocol's training set comes after the base model's problems: disjoint from them,
+    the continuation of one longer stream, with the same val and test problems."""
+    from datamodules.synthetic import SyntheticConfig, generate_splits
+
+    first = generate_splits(SyntheticConfig(num_train=300, num_val=20, num_test=20))
+    after = generate_splits(SyntheticConfig(num_train=100, train_offset=300, num_val=20, num_test=20))
+    longer = generate_splits(SyntheticConfig(num_train=400, num_val=20, num_test=20))
+    assert [r.question for r in after["train"]] == [r.question for r in longer["train"][300:]]
+    assert not {r.question for r in first["train"]} & {r.question for r in after["train"]}
+    assert after["val"] == first["val"] and after["test"] == first["test"]
+    with pytest.raises(ValueError, match="train_offset must be at least 0"):
+        SyntheticConfig(train_offset=-1)
