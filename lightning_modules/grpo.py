@@ -27,7 +27,7 @@ from lightning_modules.losses import (
     self_certainty,
 )
 from lightning_modules.rewards import MajorityVoteReward, RuleReward
-from lightning_modules.rl_base import EXTRA_DRAWS, RLConfig, RLModule, eval_mode
+from lightning_modules.rl_base import EXTRA_DRAWS, RLConfig, RLModule, eval_mode, group_rows
 from lightning_modules.rollout import Rollout, Rows, Signals
 
 
@@ -109,11 +109,6 @@ class GRPOScores(Rows):
 
 
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
-
-
-def group_rows(groups: torch.Tensor, group: int) -> torch.Tensor:
-    """Row indices of whole groups: ``groups`` [K] -> [K * group]."""
-    return (groups[:, None] * group + torch.arange(group, device=groups.device)).flatten()
 
 
 class GRPOModule(RLModule):

@@ -24,7 +24,7 @@ import torch
 from datamodules.answers import majority_agreement
 from lightning_modules.config import require
 from lightning_modules.grpo import GRPOConfig, GRPOModule
-from lightning_modules.losses import token_confidence
+from lightning_modules.losses import sequence_logp, token_confidence
 from lightning_modules.rewards import AnswerFrequencyReward, EntropyReward, MajorityVoteReward, SelfCertaintyReward
 from lightning_modules.rollout import Rollout
 
@@ -47,7 +47,7 @@ class LabelFreeModule(GRPOModule):
 
     def distribution_metrics(self, rollout: Rollout, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         logits, mask = logits.detach(), rollout.response_mask
-        seq_logp = (self.logprobs(logits, rollout.response_ids) * mask).sum(-1)
+        seq_logp = sequence_logp(logits, rollout.response_ids, mask, self.score_temperature)
         return {**super().distribution_metrics(rollout, logits), "seq_confidence": seq_logp.exp().mean(),
                 "token_confidence": token_confidence(logits / self.score_temperature, mask).mean()}
 

@@ -74,6 +74,11 @@ class RLConfig:
         require(self.minibatches >= 1, f"algo.minibatches must be >= 1, got {self.minibatches}")
 
 
+def group_rows(groups: torch.Tensor, group: int) -> torch.Tensor:
+    """Row indices of whole groups of ``group`` consecutive rows: ``groups`` [K] -> [K * group]."""
+    return (groups[:, None] * group + torch.arange(group, device=groups.device)).flatten()
+
+
 @contextmanager
 def eval_mode(module: nn.Module):
     """Sampling and scoring run in eval mode (no dropout), then the previous mode returns."""
@@ -301,7 +306,7 @@ class RLModule(ReasoningModule):
         group = self.minibatch_group
         groups = rows // group
         order = torch.randperm(groups, generator=generator) if self.algo.minibatches > 1 else torch.arange(groups)
-        return list(torch.tensor_split((order[:, None] * group + torch.arange(group)).flatten(), self.algo.minibatches))
+        return list(torch.tensor_split(group_rows(order, group), self.algo.minibatches))
 
     def update(self, rollout: Rollout, scores: Rows) -> dict[str, torch.Tensor]:
         """``ppo_epochs x minibatches`` optimizer updates; the metrics averaged over those applied."""

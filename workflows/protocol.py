@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Literal
 
 from workflows.cli import UsageError, parse, run_main, settings_parser
-from workflows.compare import COLORS, ROOT, Task, _torch_version, curves, execute, first_reaching, per_step_samples
+from workflows.compare import COLORS, ROOT, Task, _torch_version, curves, execute, first_reaching, greedy_correct, per_step_samples
 from workflows.evaluate import read_result
 from workflows.statistics import Interval, paired_bootstrap, pooled_scores, standard_error
 
@@ -179,11 +179,6 @@ def plan(settings: ProtocolSettings) -> tuple[list[Task], dict[str, dict]]:
 
 
 # ---- reading results -------------------------------------------------------------------------
-def correct_per_question(result: dict) -> list[float]:
-    """Greedy correctness (0 or 1) of every test question, in the result file's order."""
-    return [float(detail["correct"][0]) for detail in result["details"]]
-
-
 def summarise(settings: ProtocolSettings, facts: dict[str, dict]) -> dict:
     """Every figure of the report, from the result files and the runs' event files."""
     out, runs = Path(settings.out), Path(settings.out) / "runs"
@@ -202,7 +197,7 @@ def summarise(settings: ProtocolSettings, facts: dict[str, dict]) -> dict:
         row["best_val"].append(val[best][1])
         row["best_step"].append(round(val[best][0] / fact["per_step"]))
         row["last_step"].append(round(val[-1][0] / fact["per_step"]))
-        row["questions"].append(correct_per_question(result))
+        row["questions"].append(greedy_correct(result))
         row["curves"].append(run_curves)
     target = statistics.fmean(rows["sft"]["best_val"])
     for row in rows.values():
