@@ -2,6 +2,7 @@
 
 from callbacks.checkpoint_io import AtomicCheckpointIO
 from callbacks.hf_export import HuggingFaceExport
+from callbacks.preemption import Preempted, Preemption
 from callbacks.progress import StepProgressBar
 
 __all__ = ["AtomicCheckpointIO", "HuggingFaceExport", "StepProgressBar"]

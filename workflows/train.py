@@ -27,8 +27,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from callbacks import AtomicCheckpointIO, HuggingFaceExport, StepProgressBar
+from callbacks import AtomicCheckpointIO, HuggingFaceExport, Preempted, Preemption, StepProgressBar
 from datamodules.reasoning import ReasoningDataModule
 from datamodules.records import DataError, first_line
 from lightning_modules import METHODS
@@ -45,6 +47,7 @@ from lightning_modules.policy import load_tokenizer, resolve_model_path
 from workflows.cli import USER_ERRORS, UsageError, new_parser, one_sentence, parse_namespace
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PREEMPTED_EXIT = 128 + 15  # a process ended by SIGTERM, as shells and schedulers count it
 RUN_NAME_ENV = "REASONING_RL_RUN_NAME"  # shared with DDP child processes, which re-run the script
 log = logging.getLogger(__name__)
 
@@ -208,7 +211,8 @@ def build_trainer(
             num_sanity_val_steps=0,
             use_distributed_sampler=False,  # the DataModule shards by rank itself (exact resume)
             logger=logger,
-            callbacks=[checkpoints, *watchers, HuggingFaceExport(run_dir / "hf", adapters_only), StepProgressBar(), *callbacks],
+            callbacks=[checkpoints, *watchers, HuggingFaceExport(run_dir / "hf", adapters_only), StepProgressBar(),
+                       Preemption(run_dir / "checkpoints" / "last.ckpt"), *callbacks],
             plugins=[AtomicCheckpointIO()],
             default_root_dir=str(run_dir),
             enable_model_summary=False,
@@ -220,19 +224,13 @@ def build_trainer(
         raise UsageError(f"trainer settings cannot run here: {one_sentence(str(error))}") from None
 
 
-def lightning_strategy(tc) -> str | L.pytorch.strategies.Strategy:
-    """``trainer.strategy`` as Lightning takes it. DeepSpeed clips gradients inside its engine
-    (the RL methods' own clipping would see only this rank's shard of the gradients), so
-    ``trainer.gradient_clip_val`` goes into its config."""
-    if not tc.strategy.startswith("deepspeed"):
-        return tc.strategy
-    from lightning.pytorch.strategies import StrategyRegistry
-
-    if tc.strategy not in StrategyRegistry:
-        raise UsageError(f"trainer.strategy {tc.strategy!r} is not a DeepSpeed strategy Lightning knows (e.g. deepspeed_stage_2)")
-    strategy = StrategyRegistry.get(tc.strategy)
-    strategy.config["gradient_clipping"] = tc.gradient_clip_val
-    return strategy
+def lightning_strategy(tc) -> str:
+    """``trainer.strategy`` as Lightning takes it. DeepSpeed is refused: it has never run with
+    these methods (the RL methods clip gradients by hand, which ZeRO's sharded gradients would
+    need moved into its engine), and an untested path is not offered."""
+    if tc.strategy.startswith("deepspeed"):
+        raise UsageError(f"trainer.strategy {tc.strategy} is not supported; ddp is the tested way past one device")
+    return tc.strategy
 
 
 def check_context(config: RunConfig, model_path: str) -> None:
@@ -417,4 +415,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except Preempted as error:
+        if rank_zero_only.rank == 0:
+            print(error, file=sys.stderr)
+        return PREEMPTED_EXIT
+    except SIGTERMException:  # before training started: nothing to save
+        if rank_zero_only.rank == 0:
+            print("stopped by SIGTERM before training started; nothing was trained", file=sys.stderr)
+        return PREEMPTED_EXIT
     return 0
