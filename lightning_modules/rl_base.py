@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import nn
 
 from datamodules.answers import check_answer, extract_answer
@@ -164,7 +163,7 @@ class RLModule(ReasoningModule):
         require(
             not config.trainer.strategy.startswith("fsdp"),
             "RL methods sample and update several times inside one training step, which Lightning's FSDP wrapping does not "
-            "support; use trainer.strategy ddp or deepspeed_stage_2 (FSDP is for SFT)",
+            "support; use trainer.strategy ddp (FSDP is for SFT)",
         )
         check_reward_name(config.algo.reward, cls.rewards_offered)
         group = cls.group_rows(config)
@@ -328,9 +327,8 @@ class RLModule(ReasoningModule):
                     self.optimizer_update(optimizer, last=done == updates)  # a no-op step: it still counts
                     continue
                 metrics = {"loss": loss.detach(), **metrics}
-                if not self.engine_clips:
-                    clip = self.config.trainer.gradient_clip_val or float("inf")
-                    metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), clip).detach()
+                clip = self.config.trainer.gradient_clip_val or float("inf")
+                metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), clip).detach()
                 self.optimizer_update(optimizer, last=done == updates)
                 applied += 1
                 for key, value in metrics.items():
@@ -345,11 +343,6 @@ class RLModule(ReasoningModule):
             logged[f"perf/{key}"] = torch.tensor(self.step_timings[key])
         self.log_metrics(logged)
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=samples)
-
-    @property
-    def engine_clips(self) -> bool:
-        """DeepSpeed shards the gradients and clips them in its engine (``trainer.gradient_clip_val``)."""
-        return isinstance(self.trainer.strategy, DeepSpeedStrategy)
 
     def optimizer_update(self, optimizer, last: bool) -> None:
         """Lightning counts one step per ``LightningOptimizer.step``. One RL step is one rollout,

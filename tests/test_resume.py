@@ -226,9 +226,9 @@ def _with_callback(build, callback):
     (["--method", "grpo", "--algo.samples_per_prompt", "1"], "algo.samples_per_prompt must be at least 2"),
     (["--method", "rlsc", "--algo.temperature", "0"], "algo.temperature must be positive"),
     (["--method", "sft", "--trainer.accelerator", "gpu"], "trainer settings cannot run here"),
-    (["--method", "sft", "--trainer.strategy", "deepspeed_stage_2"], "trainer settings cannot run here"),
+    (["--method", "sft", "--trainer.strategy", "deepspeed_stage_2"], "trainer.strategy deepspeed_stage_2 is not supported"),
     *[(["--method", "sft", "--config", str(STRATEGIES / f"{name}.yaml")], "trainer settings cannot run here")
-      for name in ("ddp", "fsdp", "deepspeed_stage_2")],
+      for name in ("ddp", "fsdp")],
     (["--method", "grpo", "--trainer.strategy", "fsdp"], "which Lightning's FSDP wrapping does not support"),
     (["--method", "sft", "--trainer.max_skipped_updates", "0"], "trainer.max_skipped_updates must be positive"),
     (["--method", "ppo", "--trainer.precision", "16-mixed"], "RL methods clip gradients by hand"),
