@@ -84,6 +84,32 @@ def test_baseline_comparison_difference_and_efficiency_gain():
         compare(ours, result({"a": 2}, accuracy=0.4, response_length=40.0))
 
 
+def test_a_comparison_on_the_same_questions_has_paired_intervals_per_question_metric():
+    from workflows.statistics import paired_bootstrap
+
+    def details(greedy, samples, answers):
+        return [{"uid": f"q{i}", "gold": 2.0, "correct": [g], "sample_correct": s, "sample_answers": a}
+                for i, (g, s, a) in enumerate(zip(greedy, samples, answers))]
+
+    settings = {"samples": 3}
+    ours = result(settings, accuracy=0.75, response_length=10.0) | {"details": details(
+        [True, True, True, False], [[True, True, False], [True, False, False], [False, False, False], [True, True, True]],
+        [[2, 2, 5], [2, 5, 5], [1, 3, None], [2, 2, 2]])}
+    base = result(settings, accuracy=0.25, response_length=10.0) | {"details": details(
+        [False, True, False, False], [[False, False, False], [True, False, False], [False, False, False], [True, False, False]],
+        [[4, 4, 4], [2, 5, 5], [None, None, None], [2, 3, 3]])}
+    out = compare(ours, base)
+    # by hand, per question: greedy +1, 0, +1, 0; pass@1 +2/3, 0, 0, +2/3; pass@3 1, 0, 0, 0; maj@3 +1, 0, 0, +1
+    for key, a, b in (("accuracy", [1, 1, 1, 0], [0, 1, 0, 0]), ("sampled/pass@1", [2 / 3, 1 / 3, 0, 1], [0, 1 / 3, 0, 1 / 3]),
+                      ("sampled/pass@3", [1, 1, 0, 1], [0, 1, 0, 1]), ("sampled/maj@3", [1, 0, 0, 1], [0, 0, 0, 0])):
+        interval = paired_bootstrap(a, b)
+        assert out[f"{key}_difference_interval"] == pytest.approx([interval.low, interval.high]), key
+    assert out["sampled/maj@3_difference_interval"] == pytest.approx([0.0, 1.0])
+    assert "+50.0 [+0.0, +100.0]" in format_table(ours, base)  # greedy: +1 on two of four questions
+    other = base | {"details": [d | {"uid": "x" + d["uid"]} for d in base["details"]]}
+    assert not any(k.endswith("_interval") for k in compare(ours, other))  # different questions: no pairing
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, model_cache):
     """A 2-step SFT run of the tiny model: run folder, checkpoint and hf/ export."""

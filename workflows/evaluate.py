@@ -33,8 +33,10 @@ from datamodules.records import DataError, Record, first_line
 from datamodules.synthetic import SyntheticConfig, generate_splits
 from lightning_modules.config import EmbeddedModelConfig, LoraConfig, ModelConfig
 from lightning_modules.evaluation import Responses, grade, pass_at_ks, respond, sampling_seed
+from lightning_modules.metrics import majority_correct
 from lightning_modules.policy import Policy, load_tokenizer, resolve_model_path
 from workflows.cli import UsageError, new_parser, parse_namespace, run_main
+from workflows.statistics import paired_bootstrap
 
 SCHEMA = "reasoning-rl/evaluation/v1"
 """Written into every result file; bumped when a key changes meaning."""
@@ -354,7 +356,27 @@ def compare(result: dict, baseline: dict) -> dict[str, float]:
     ours, theirs = result["metrics"], baseline["metrics"]
     out = {f"{k}_difference": ours[k] - theirs[k] for k in ours if k in theirs and k not in ("questions", "prompts_truncated")}
     out["efficiency_gain"] = 1.0 - ours["response_length"] / theirs["response_length"] if theirs["response_length"] else 0.0
+    ours_q, theirs_q = per_question(result), per_question(baseline)
+    if [d["uid"] for d in result.get("details", [])] == [d["uid"] for d in baseline.get("details", [])]:
+        for key in ours_q.keys() & theirs_q.keys():
+            interval = paired_bootstrap(ours_q[key], theirs_q[key])
+            out[f"{key}_difference_interval"] = [interval.low, interval.high]
     return out
+
+
+def per_question(result: dict) -> dict[str, list[float]]:
+    """Each question's score on the metrics that average over questions: greedy accuracy and,
+    if sampled, pass@1 (the fraction of its samples that are right), pass@n and maj@n."""
+    details = result.get("details") or []
+    if not details:
+        return {}
+    scores = {"accuracy": [float(d["correct"][0]) for d in details]}
+    if "sample_correct" in details[0]:
+        n = len(details[0]["sample_correct"])
+        scores["sampled/pass@1"] = [sum(d["sample_correct"]) / n for d in details]
+        scores[f"sampled/pass@{n}"] = [float(any(d["sample_correct"])) for d in details]
+        scores[f"sampled/maj@{n}"] = [float(majority_correct(d["sample_answers"], d["gold"])) for d in details]
+    return scores
 
 
 def read_result(path: str | Path) -> dict:
@@ -377,7 +399,8 @@ def write_result(result: dict, path: str | Path) -> None:
 
 
 def format_table(result: dict, baseline: dict | None = None) -> str:
-    """The metrics as a plain-text table (run, and baseline and difference if given)."""
+    """The metrics as a plain-text table (run, and baseline and difference if given; a difference
+    over the same questions has its paired bootstrap 95% interval, in points, beside it)."""
     metrics = result["metrics"]
     header = ["metric", "run"] + (["baseline", "difference"] if baseline else [])
     rows = [header]
@@ -388,8 +411,12 @@ def format_table(result: dict, baseline: dict | None = None) -> str:
             row += [_fmt(key, other), _fmt(key, value - other, signed=True) if other is not None and key != "questions" else ""]
         rows.append(row)
     if baseline:
-        gain = compare(result, baseline)["efficiency_gain"]
-        rows.append(["efficiency_gain", "", "", f"{100 * gain:+.1f}%"])
+        comparison = compare(result, baseline)
+        for row in rows[1:]:
+            interval = comparison.get(f"{row[0]}_difference_interval")
+            if interval is not None:
+                row[-1] += f" [{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]"
+        rows.append(["efficiency_gain", "", "", f"{100 * comparison['efficiency_gain']:+.1f}%"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
 
