@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,8 @@ def test_benchmark_times_each_phase_and_prints_the_trl_ratio(tmp_path, model_cac
         for key in ("step_s", "samples_per_s", "peak_memory_mb"):
             assert math.isfinite(row[key]) and row[key] > 0, (row["label"], key)
         assert row["peak_memory_mb"] > 100  # a process holding torch; RSS is in MiB, not KiB
+        if row["engine"] == "ours":  # resident at the first step, and the high-water mark of the steps after it
+            assert 100 < row["start_memory_mb"] <= row["step_peak_memory_mb"] <= row["peak_memory_mb"] + 1, row
         assert row["parameters"] == rows["sft"]["parameters"]  # one model for all
     for label in ("grpo", "grpo (as TRL)"):
         phases = [rows[label][k] for k in ("generate_s", "score_s", "update_s")]
@@ -45,9 +48,35 @@ def test_benchmark_times_each_phase_and_prints_the_trl_ratio(tmp_path, model_cac
     (["--sweep", "depth=1,2"], "--sweep must look like KEY=V1,V2"),
     (["--sweep", "samples=2,x"], "--sweep values must be whole numbers"),
     (["--steps", "0"], "--steps must be positive"),
+    (["--vocab", "4096"], "--vocab needs --model to name a model folder"),
+    (["--sweep", "vocab=1000,2000"], "--vocab needs --model to name a model folder"),
 ])
 def test_bad_benchmark_requests_get_one_sentence_and_exit_2(argv, expected, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "b.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and expected in err[-1]
     assert not (tmp_path / "b.json").exists()
+
+
+def test_a_grown_vocabulary_leaves_the_model_alone_and_its_new_tokens_at_logit_zero(tmp_path, model_cache):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lightning_modules.config import ModelConfig
+    from lightning_modules.policy import resolve_model_path
+    from workflows.benchmark import BenchmarkError, grown_vocabulary
+
+    source = resolve_model_path(ModelConfig(cache_dir=str(model_cache)))
+    grown = grown_vocabulary(source, 1000, tmp_path)
+    assert grown == tmp_path / "vocab" / f"{Path(source).name}-1000" and not list((tmp_path / "vocab").glob("*.partial"))
+    before, after = AutoModelForCausalLM.from_pretrained(source), AutoModelForCausalLM.from_pretrained(grown)
+    old = before.config.vocab_size
+    assert after.config.vocab_size == 1000 > old
+    ids = torch.randint(0, old, (2, 7))
+    with torch.no_grad():
+        a, b = before(ids).logits, after(ids).logits
+    torch.testing.assert_close(b[..., :old], a, rtol=0, atol=1e-5)
+    assert torch.all(b[..., old:] == 0)
+    assert grown_vocabulary(source, 1000, tmp_path) == grown  # written once
+    with pytest.raises(BenchmarkError, match="can only grow"):
+        grown_vocabulary(source, old - 1, tmp_path)

@@ -38,8 +38,9 @@ from jsonargparse import SUPPRESS, ArgumentParser
 from workflows.cli import UsageError, parse, run_main, settings_parser
 
 ROOT = Path(__file__).resolve().parents[1]
-METHOD_NAMES = ("sft", "ppo", "carft", "grpo", "rlsc")
-SWEEPABLE = ("samples", "max_new_tokens", "width", "batch_size")
+METHOD_NAMES = ("sft", "ppo", "carft", "grpo", "rlsc", "ttrl", "intuitor", "rent", "empo")
+DEFAULT_METHODS = ("sft", "ppo", "carft", "grpo", "rlsc")
+SWEEPABLE = ("samples", "max_new_tokens", "width", "batch_size", "vocab")
 SCHEMA = "reasoning-rl/benchmark/v1"
 
 
@@ -51,8 +52,8 @@ class BenchmarkError(UsageError):
 class BenchmarkSettings:
     """What is measured (the options of scripts/benchmark.py)."""
 
-    methods: str = ",".join(METHOD_NAMES)
-    """Comma-separated methods to measure; the default is all five."""
+    methods: str = ",".join(DEFAULT_METHODS)
+    """Comma-separated methods to measure (any of sft, ppo, carft, grpo, rlsc, ttrl, intuitor, rent, empo); the default is the papers' five."""
     trl: bool = False
     """Also run TRL's GRPOTrainer on the same GRPO work, alternating with ours; off by default, as it needs pip install -e ".[bench]"."""
     model: str = "embedded"
@@ -61,6 +62,9 @@ class BenchmarkSettings:
     """Hidden size of the embedded model (MLP is 4x); the default is the embedded model's own."""
     layers: int = 3
     """Layers of the embedded model; the default is the embedded model's own."""
+    vocab: int | None = None
+    """Grow --model's vocabulary to this many rows (new rows zero, so never preferred) to see how memory grows with it at a
+    fixed model size; needs a model folder. The default keeps the model's own."""
     batch_size: int = 8
     """Questions per step; the default is configs/grpo.yaml's."""
     samples: int = 8
@@ -103,7 +107,11 @@ class BenchmarkSettings:
         if self.trl:
             if importlib.util.find_spec("trl") is None:
                 raise BenchmarkError('--trl needs TRL: pip install -e ".[bench]"')
-        parse_sweep(self.sweep)
+        key, _ = parse_sweep(self.sweep)
+        if (self.vocab is not None or key == "vocab") and self.model == "embedded":
+            raise BenchmarkError("--vocab needs --model to name a model folder; the embedded model's vocabulary is its tokenizer's")
+        if self.vocab is not None and self.vocab <= 0:
+            raise BenchmarkError(f"--vocab must be positive, got {self.vocab}")
 
 
 @dataclass
@@ -125,6 +133,7 @@ class Case:
     accelerator: str
     precision: str
     cache_dir: str = ".cache"
+    vocab: int | None = None
     matched_trl: bool = False
     """Our GRPO configured as the TRL comparison runs it (no KL, TRL's loss aggregation)."""
     extra: list[str] = field(default_factory=list)
@@ -157,11 +166,82 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+class StepMemory:
+    """Memory held when training starts (weights, reference, data) and the peak during the
+    steps that follow. On a GPU: allocated CUDA memory, its peak reset at the start. On Linux
+    CPUs: resident memory, its high-water mark reset by writing 5 to /proc/self/clear_refs
+    (which resets what getrusage reports too, so the peak before it is kept)."""
+
+    def __init__(self) -> None:
+        self.start_mb: float | None = None
+        self.before_mb = 0.0
+
+    def start(self, cuda: bool) -> None:
+        import torch
+
+        if self.start_mb is not None:
+            return
+        self.cuda, self.before_mb = cuda, peak_memory_mb()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.start_mb = torch.cuda.memory_allocated() / 2**20
+        elif Path("/proc/self/clear_refs").exists():
+            Path("/proc/self/clear_refs").write_text("5")
+            self.start_mb = _status_mb("VmRSS")
+
+    def result(self) -> dict:
+        import torch
+
+        if self.start_mb is None:
+            return {}
+        peak = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else _status_mb("VmHWM")
+        return {"start_memory_mb": self.start_mb, "step_peak_memory_mb": peak}
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise KeyError(field)
+
+
 def model_args(case: Case) -> list[str]:
+    if case.vocab is not None:
+        return ["--model.name_or_path", str(grown_vocabulary(case.model, case.vocab, Path(case.cache_dir)))]
     if case.model != "embedded":
         return ["--model.name_or_path", case.model]
     return ["--model.cache_dir", case.cache_dir, "--model.embedded.hidden_size", str(case.width), "--model.embedded.intermediate_size", str(4 * case.width),
             "--model.embedded.num_layers", str(case.layers)]
+
+
+def grown_vocabulary(model: str, vocab: int, cache_dir: Path) -> Path:
+    """``model`` (a folder, or a .gguf converted once) with its vocabulary grown to ``vocab``
+    rows, written once under ``cache_dir/vocab``. The new input and output rows are zero, so
+    the tokenizer is unchanged and a new token's logit is 0: the body is the same model and
+    only the vocabulary's share of memory changes."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lightning_modules.config import ModelConfig
+    from lightning_modules.policy import resolve_model_path
+
+    source = Path(resolve_model_path(ModelConfig(name_or_path=model, cache_dir=str(cache_dir))))
+    target = cache_dir / "vocab" / f"{source.name}-{vocab}"
+    if (target / "config.json").exists():
+        return target
+    lm = AutoModelForCausalLM.from_pretrained(source)
+    old = lm.get_input_embeddings().weight.size(0)
+    if vocab < old:
+        raise BenchmarkError(f"--vocab {vocab} is below the model's own {old} rows; it can only grow")
+    lm.resize_token_embeddings(vocab, mean_resizing=False)
+    with torch.no_grad():
+        lm.get_input_embeddings().weight[old:].zero_()
+        lm.get_output_embeddings().weight[old:].zero_()
+    staging = target.with_name(target.name + ".partial")
+    lm.save_pretrained(staging)
+    AutoTokenizer.from_pretrained(source).save_pretrained(staging)
+    staging.rename(target)
+    return target
 
 
 def measure_ours(case: Case, workdir: Path) -> dict:
@@ -190,12 +270,13 @@ def measure_ours(case: Case, workdir: Path) -> dict:
                  "--algo.minibatches", "1", "--algo.clip_eps", "0.2", "--optim.warmup_steps", "0", "--optim.schedule", "constant"]
     config, _, _, _ = parse_config(argv + case.extra)
     method = METHODS[config.method]
-    clock = StepClock(case.warmup_steps)
+    clock, memory = StepClock(case.warmup_steps), StepMemory()
 
     class Timer(L.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
             if module.device.type == "cuda":
                 torch.cuda.synchronize()
+            memory.start(module.device.type == "cuda")
             clock.start()
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
@@ -212,7 +293,8 @@ def measure_ours(case: Case, workdir: Path) -> dict:
     module = method(config, tokenizer, model_path)
     parameters = sum(p.numel() for p in module.policy.lm.parameters())
     trainer.fit(module, datamodule=datamodule)
-    return {"steps": clock.steps, "peak_memory_mb": peak_memory_mb(), "parameters": parameters}
+    peak = max(peak_memory_mb(), memory.before_mb)  # the whole process, loading included
+    return {"steps": clock.steps, "peak_memory_mb": peak, "parameters": parameters, **memory.result()}
 
 
 def measure_trl(case: Case, workdir: Path) -> dict:
@@ -296,7 +378,7 @@ def worker(spec: str, result_path: str) -> None:
 def run_case(case: Case, log_dir: Path) -> dict:
     """Measure ``case`` in a fresh process; its output goes to a log file, shown on failure."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{case.engine}-{case.method}-b{case.batch_size}-g{case.samples}-t{case.max_new_tokens}-w{case.width}"
+    name = f"{case.engine}-{case.method}-b{case.batch_size}-g{case.samples}-t{case.max_new_tokens}-w{case.width}" + (f"-v{case.vocab}" if case.vocab else "")
     result_path, log_path = log_dir / f"{name}.json", log_dir / f"{name}.log"
     command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--worker", json.dumps(asdict(case)), "--result", str(result_path)]
     with open(log_path, "w") as log:
@@ -324,7 +406,9 @@ def summarise(case: Case, runs: list[dict]) -> dict:
         "parameters": runs[0]["parameters"], "measured_steps": len(steps), "step_s": step_s,
         "samples_per_s": median("samples") / step_s,
         "generated_tokens_per_s": statistics.median(s["generated_tokens"] / s["generate_s"] for s in timed) if timed else None,
-        "peak_memory_mb": max(run["peak_memory_mb"] for run in runs),
+        "peak_memory_mb": max(run["peak_memory_mb"] for run in runs), "vocab": case.vocab,
+        "start_memory_mb": max((run["start_memory_mb"] for run in runs if "start_memory_mb" in run), default=None),
+        "step_peak_memory_mb": max((run["step_peak_memory_mb"] for run in runs if "step_peak_memory_mb" in run), default=None),
     }
     for key in ("generate_s", "score_s", "update_s", "rest_s"):
         out[key] = median(key)
@@ -336,13 +420,15 @@ def fmt(value, digits: int = 2) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    header = ["run", "params", "samples/step", "new tokens", "step s", "generate s", "score s", "update s", "samples/s", "gen tokens/s", "peak MiB"]
+    header = ["run", "params", "samples/step", "new tokens", "step s", "generate s", "score s", "update s", "samples/s", "gen tokens/s",
+              "MiB at start", "step peak MiB", "process peak MiB"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         update = r["update_s"] if r["engine"] == "ours" else r["rest_s"]  # TRL: everything after generation
         cells = [r["label"], f"{r['parameters'] / 1e6:.2f}M", str(r["batch_size"] * r["samples_per_prompt"]), str(r["max_new_tokens"]),
                  fmt(r["step_s"]), fmt(r["generate_s"]), fmt(r["score_s"]), fmt(update), fmt(r["samples_per_s"], 1),
-                 fmt(r["generated_tokens_per_s"], 0), fmt(r["peak_memory_mb"], 0)]
+                 fmt(r["generated_tokens_per_s"], 0), fmt(r.get("start_memory_mb"), 0), fmt(r.get("step_peak_memory_mb"), 0),
+                 fmt(r["peak_memory_mb"], 0)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -395,7 +481,7 @@ def benchmark(settings: BenchmarkSettings, argv: list[str]) -> int:
     key, values = parse_sweep(settings.sweep)
     base = Case("ours", "grpo", settings.batch_size, settings.samples, settings.max_new_tokens, settings.width, settings.layers, settings.model,
                 settings.temperature, settings.lr, settings.steps, settings.warmup_steps, settings.accelerator, settings.precision,
-                settings.cache_dir, extra=settings.extra)
+                settings.cache_dir, vocab=settings.vocab, extra=settings.extra)
     sizes = [replace(base, **{key: v}) for v in values] if key else [base]
 
     out = Path(settings.out)
@@ -410,7 +496,8 @@ def benchmark(settings: BenchmarkSettings, argv: list[str]) -> int:
         for round_ in range(settings.rounds):
             for i, case in enumerate(cases):
                 print(f"[{time.perf_counter() - started:6.0f} s] round {round_ + 1}/{settings.rounds}: {case.label} "
-                      f"(batch {case.batch_size} x {case.samples}, {case.max_new_tokens} new tokens, width {case.width})", file=sys.stderr)
+                      f"(batch {case.batch_size} x {case.samples}, {case.max_new_tokens} new tokens, width {case.width}"
+                      + (f", vocabulary {case.vocab}" if case.vocab else "") + ")", file=sys.stderr)
                 runs[i].append(run_case(case, logs))
         rows += [summarise(case, runs[i]) for i, case in enumerate(cases)]
 
