@@ -48,6 +48,9 @@ class Responses:
     """[Q * n] mean top-token probability (with ``confidence``)."""
 
 
+CONFIDENCE_ROWS = 16  # rows scored at once for the confidence metrics: bounds their [rows, T, V] logits
+
+
 @torch.no_grad()
 def respond(
     policy,
@@ -80,10 +83,13 @@ def respond(
             )
             texts += decode(tokenizer, responses, response_mask)
             lengths.append(response_mask.sum(-1).float().cpu())
-            if confidence:
-                logits, _ = response_logits(policy, torch.cat([ids, responses], 1), torch.cat([mask, response_mask], 1), responses.size(1))
-                seq_conf.append(sequence_logp(logits, responses, response_mask, temperature).exp().cpu())
-                tok_conf.append(token_confidence(logits.float() / temperature, response_mask).cpu())
+            if confidence:  # scored a few rows at a time: never the logits of the whole chunk at once
+                full_ids, full_mask = torch.cat([ids, responses], 1), torch.cat([mask, response_mask], 1)
+                for part in range(0, ids.size(0), CONFIDENCE_ROWS):
+                    rows_ = slice(part, part + CONFIDENCE_ROWS)
+                    logits, _ = response_logits(policy, full_ids[rows_], full_mask[rows_], responses.size(1))
+                    seq_conf.append(sequence_logp(logits, responses[rows_], response_mask[rows_], temperature).exp().cpu())
+                    tok_conf.append(token_confidence(logits, response_mask[rows_], temperature).cpu())
     return Responses(texts, torch.cat(lengths), torch.cat(seq_conf) if confidence else None, torch.cat(tok_conf) if confidence else None)
 
 

@@ -49,7 +49,7 @@ class LabelFreeModule(GRPOModule):
         logits, mask = logits.detach(), rollout.response_mask
         seq_logp = sequence_logp(logits, rollout.response_ids, mask, self.score_temperature)
         return {**super().distribution_metrics(rollout, logits), "seq_confidence": seq_logp.exp().mean(),
-                "token_confidence": token_confidence(logits / self.score_temperature, mask).mean()}
+                "token_confidence": token_confidence(logits, mask, self.score_temperature).mean()}
 
 
 @dataclass

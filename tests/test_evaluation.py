@@ -242,3 +242,20 @@ def test_bad_requests_get_one_sentence_and_exit_2(capsys, tiny_run, tmp_path, ca
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert not (tmp_path / "out.json").exists()
+
+
+def test_confidence_scored_a_few_rows_at_a_time_equals_scoring_all_rows(tiny_run, monkeypatch):
+    """The evaluation scores its responses' confidence in slices of rows (bounded logits); the
+    figures do not depend on the slice."""
+    from lightning_modules import evaluation
+
+    from workflows.evaluate import evaluate
+
+    model = load_model(str(tiny_run))
+    settings = EvalSettings(data="synthetic", limit=6, samples=2, temperature=0.7, max_new_tokens=10)
+    results = []
+    for rows in (1, 1000):
+        monkeypatch.setattr(evaluation, "CONFIDENCE_ROWS", rows)
+        results.append(evaluate(model, settings, batch_size=12)["metrics"])
+    for key in ("seq_confidence", "token_confidence", "sampled/seq_confidence", "sampled/token_confidence"):
+        assert results[0][key] == pytest.approx(results[1][key], rel=1e-5), key

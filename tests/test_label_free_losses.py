@@ -345,3 +345,6 @@ def test_logged_token_entropy_and_confidence_match_a_full_softmax():
     top = torch.softmax(logits, -1).amax(-1)
     want = torch.stack([(top[i] * mask[i]).sum() / mask[i].sum().clamp(min=1) for i in range(3)])
     torch.testing.assert_close(token_confidence(logits, mask), want)
+    hot = torch.softmax(logits / 0.5, -1).amax(-1)  # the temperature is applied per chunk, as if to the whole tensor
+    want = torch.stack([(hot[i] * mask[i]).sum() / mask[i].sum().clamp(min=1) for i in range(3)])
+    torch.testing.assert_close(token_confidence(logits, mask, 0.5), want)

@@ -28,10 +28,12 @@ def rlsc_loss(seq_logp: torch.Tensor, alpha: float = 0.1, weighting: str = "pape
 
 
 @torch.no_grad()
-def token_confidence(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over masked positions of the largest next-token probability, ``exp(max_v l - logsumexp_v l)``;
-    ``[B, T, V] -> [B]``. Chunked over positions like the label-free rewards: no float copy of the whole tensor."""
-    return masked_mean(per_position(logits, mask, _top_probability, DEFAULT_CHUNK_SIZE), mask, dim=-1)
+def token_confidence(logits: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Mean over masked positions of the largest next-token probability under ``logits / temperature``,
+    ``exp(max_v l - logsumexp_v l)``; ``[B, T, V] -> [B]``. Chunked over positions like the label-free
+    rewards, the temperature applied per chunk: no float copy of the whole tensor."""
+    fn = _top_probability if temperature == 1.0 else (lambda chunk: _top_probability(chunk / temperature))
+    return masked_mean(per_position(logits, mask, fn, DEFAULT_CHUNK_SIZE), mask, dim=-1)
 
 
 def _top_probability(chunk: torch.Tensor) -> torch.Tensor:
