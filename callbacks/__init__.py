@@ -5,4 +5,4 @@ from callbacks.hf_export import HuggingFaceExport
 from callbacks.preemption import Preempted, Preemption
 from callbacks.progress import StepProgressBar
 
-__all__ = ["AtomicCheckpointIO", "HuggingFaceExport", "StepProgressBar"]
+__all__ = ["AtomicCheckpointIO", "HuggingFaceExport", "Preempted", "Preemption", "StepProgressBar"]

@@ -1,5 +1,5 @@
 """Preemption: SIGTERM, or SIGUSR1 (what SLURM sends ahead of a time limit with
-``#SBATCH --signal=B:USR1@120``), ends the step in progress, writes ``last.ckpt`` and stops.
+``#SBATCH --signal=USR1@120``, to every task), ends the step in progress, writes ``last.ckpt`` and stops.
 
 The checkpoint is written where the regular checkpoints are, after the step's updates, so
 ``train.py --resume RUN`` continues it as exactly as any checkpoint. Under DDP the process

@@ -86,10 +86,10 @@ def respond(
             if confidence:  # scored a few rows at a time: never the logits of the whole chunk at once
                 full_ids, full_mask = torch.cat([ids, responses], 1), torch.cat([mask, response_mask], 1)
                 for part in range(0, ids.size(0), CONFIDENCE_ROWS):
-                    rows_ = slice(part, part + CONFIDENCE_ROWS)
-                    logits, _ = response_logits(policy, full_ids[rows_], full_mask[rows_], responses.size(1))
-                    seq_conf.append(sequence_logp(logits, responses[rows_], response_mask[rows_], temperature).exp().cpu())
-                    tok_conf.append(token_confidence(logits, response_mask[rows_], temperature).cpu())
+                    some = slice(part, part + CONFIDENCE_ROWS)
+                    logits, _ = response_logits(policy, full_ids[some], full_mask[some], responses.size(1))
+                    seq_conf.append(sequence_logp(logits, responses[some], response_mask[some], temperature).exp().cpu())
+                    tok_conf.append(token_confidence(logits, response_mask[some], temperature).cpu())
     return Responses(texts, torch.cat(lengths), torch.cat(seq_conf) if confidence else None, torch.cat(tok_conf) if confidence else None)
 
 

@@ -68,7 +68,8 @@ def test_a_grown_vocabulary_leaves_the_model_alone_and_its_new_tokens_at_logit_z
 
     source = resolve_model_path(ModelConfig(cache_dir=str(model_cache)))
     grown = grown_vocabulary(source, 1000, tmp_path)
-    assert grown == tmp_path / "vocab" / f"{Path(source).name}-1000" and not list((tmp_path / "vocab").glob("*.partial"))
+    assert grown == tmp_path / "vocab" / f"{Path(source).name}-1000"
+    assert list((tmp_path / "vocab").iterdir()) == [grown]  # the staging folder was renamed into place
     before, after = AutoModelForCausalLM.from_pretrained(source), AutoModelForCausalLM.from_pretrained(grown)
     old = before.config.vocab_size
     assert after.config.vocab_size == 1000 > old

@@ -63,8 +63,8 @@ class BenchmarkSettings:
     layers: int = 3
     """Layers of the embedded model; the default is the embedded model's own."""
     vocab: int | None = None
-    """Grow --model's vocabulary to this many rows (new rows zero, so never preferred) to see how memory grows with it at a
-    fixed model size; needs a model folder. The default keeps the model's own."""
+    """Grow --model's vocabulary to this many rows (new rows zero, so their logits are 0) to see how memory grows with it at
+    a fixed model size; needs a model folder. The default keeps the model's own."""
     batch_size: int = 8
     """Questions per step; the default is configs/grpo.yaml's."""
     samples: int = 8
@@ -223,7 +223,7 @@ def grown_vocabulary(model: str, vocab: int, cache_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lightning_modules.config import ModelConfig
-    from lightning_modules.policy import resolve_model_path
+    from lightning_modules.policy import resolve_model_path, staged_folder
 
     source = Path(resolve_model_path(ModelConfig(name_or_path=model, cache_dir=str(cache_dir))))
     target = cache_dir / "vocab" / f"{source.name}-{vocab}"
@@ -237,10 +237,9 @@ def grown_vocabulary(model: str, vocab: int, cache_dir: Path) -> Path:
     with torch.no_grad():
         lm.get_input_embeddings().weight[old:].zero_()
         lm.get_output_embeddings().weight[old:].zero_()
-    staging = target.with_name(target.name + ".partial")
-    lm.save_pretrained(staging)
-    AutoTokenizer.from_pretrained(source).save_pretrained(staging)
-    staging.rename(target)
+    with staged_folder(target) as staging:
+        lm.save_pretrained(staging)
+        AutoTokenizer.from_pretrained(source).save_pretrained(staging)
     return target
 
 

@@ -42,7 +42,7 @@ from jsonargparse import ArgumentParser
 
 from workflows.cli import UsageError, parse, run_main, settings_parser
 from datamodules.answers import answer_entropy, majority_agreement
-from workflows.evaluate import read_result
+from workflows.evaluate import greedy_correct, read_result
 from workflows.statistics import paired_bootstrap, pooled_scores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -329,11 +329,6 @@ def summarise(settings: CompareSettings, facts: dict[str, dict]) -> dict:
     timing = out / "timing.json"
     return {"intervals": intervals, "warmup_val_accuracy": warmup_val, "val_questions": _val_questions(runs / WARMUP), "rows": rows, "curves": run_curves,
             "facts": facts, "seconds": json.loads(timing.read_text()) if timing.exists() else {}}
-
-
-def greedy_correct(result: dict) -> list[float]:
-    """Greedy correctness (0 or 1) of every test question, in the result file's order."""
-    return [float(detail["correct"][0]) for detail in result["details"]]
 
 
 def answer_spread(result: dict, k: int) -> dict[str, list[float]]:

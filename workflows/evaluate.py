@@ -364,13 +364,18 @@ def compare(result: dict, baseline: dict) -> dict[str, float]:
     return out
 
 
+def greedy_correct(result: dict) -> list[float]:
+    """Greedy correctness (0 or 1) of every question, in the result file's order."""
+    return [float(detail["correct"][0]) for detail in result["details"]]
+
+
 def per_question(result: dict) -> dict[str, list[float]]:
     """Each question's score on the metrics that average over questions: greedy accuracy and,
     if sampled, pass@1 (the fraction of its samples that are right), pass@n and maj@n."""
     details = result.get("details") or []
     if not details:
         return {}
-    scores = {"accuracy": [float(d["correct"][0]) for d in details]}
+    scores = {"accuracy": greedy_correct(result)}
     if "sample_correct" in details[0]:
         n = len(details[0]["sample_correct"])
         scores["sampled/pass@1"] = [sum(d["sample_correct"]) / n for d in details]

@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Literal
 
 from workflows.cli import UsageError, parse, run_main, settings_parser
-from workflows.compare import COLORS, ROOT, Task, _torch_version, curves, execute, first_reaching, greedy_correct, per_step_samples
-from workflows.evaluate import read_result
+from workflows.compare import COLORS, ROOT, Task, _torch_version, curves, execute, first_reaching, per_step_samples
+from workflows.evaluate import greedy_correct, read_result
 from workflows.statistics import Interval, paired_bootstrap, pooled_scores, standard_error
 
 BASE, WARMUP = "base", "sft-warmup"
