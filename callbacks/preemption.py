@@ -53,7 +53,7 @@ class Preemption(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             return
-        trainer.save_checkpoint(self.checkpoint)  # every rank takes part; rank 0 writes, atomically
+        trainer.save_checkpoint(self.checkpoint)  # every rank takes part (under FSDP2 each writes its shards), atomically
         name = self.received.name if self.received is not None else "a signal to another rank"
         requeued = ""
         if trainer.is_global_zero and self.received == signal.SIGUSR1 and "SLURM_JOB_ID" in os.environ:

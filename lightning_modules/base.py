@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -17,6 +17,7 @@ from lightning_modules.config import RunConfig
 from lightning_modules.distributed import all_reduce_sum
 from lightning_modules.evaluation import grade, respond, sampling_seed, seeded
 from lightning_modules.policy import Policy
+from lightning_modules.sharding import SHARDED, WORLD_SIZE_KEY, gathered, is_sharded, local, shard_policy
 
 
 @dataclass
@@ -75,8 +76,21 @@ class ReasoningModule(L.LightningModule):
         )
         self._step_started, self._step_tokens = time.perf_counter(), 0
         self._samples: list[str] = []
+        self._gathered = ExitStack()
         self.skipped_updates, self.skipped_in_a_row = 0, 0
         """Updates skipped for a non-finite loss or gradient: in all, and since the last good one (checkpointed)."""
+
+    # ---- sharding (trainer.strategy fsdp) --------------------------------------------------
+    def configure_model(self) -> None:
+        """Under FSDP2, shard the policy and its heads per decoder layer (once: Lightning calls
+        this at every fit, validate and test)."""
+        if self.config.trainer.strategy == SHARDED and not is_sharded(self.policy):
+            for module in self.sharded_modules():
+                shard_policy(module, self.device_mesh, bf16=self.config.trainer.precision == "bf16-mixed")
+
+    def sharded_modules(self) -> list[Policy]:
+        """The policies FSDP2 shards (the trained one; RL methods add their reference)."""
+        return [self.policy]
 
     # ---- optimisation ------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -102,7 +116,7 @@ class ReasoningModule(L.LightningModule):
         gradients on every rank alike and return True. AdamW leaves parameters without a
         gradient untouched (weights and moments), so the coming ``step()`` changes nothing.
         After ``trainer.max_skipped_updates`` such updates in a row the run stops."""
-        grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
+        grads = [local(p.grad) for p in self.trainable_parameters() if p.grad is not None]  # this rank's shards
         bad = (~torch.isfinite(loss.detach().float())).any()
         if grads:
             bad = bad | ~torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True))
@@ -124,6 +138,7 @@ class ReasoningModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["method"] = self.name  # a resume with another method is refused
         checkpoint["skipped_updates"] = [self.skipped_updates, self.skipped_in_a_row]
+        checkpoint[WORLD_SIZE_KEY] = self.trainer.world_size  # a resume must split the data and seeds alike
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_updates, self.skipped_in_a_row = checkpoint.get("skipped_updates", [0, 0])
@@ -195,6 +210,16 @@ class ReasoningModule(L.LightningModule):
                 for p, t, g in zip(prompts, greedy.texts, gold)
             ]
 
+    # Under FSDP2 the weights stay gathered for a whole evaluation: ranks may hold different
+    # numbers of batches, and no forward pass inside may wait for another rank.
+    def on_validation_epoch_start(self) -> None:
+        self._gathered.enter_context(gathered(self.policy))
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_test_epoch_end(self) -> None:
+        self._gathered.close()
+
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate("val", batch, batch_idx)
 
@@ -202,6 +227,7 @@ class ReasoningModule(L.LightningModule):
         self._evaluate("test", batch, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
+        self._gathered.close()
         experiment = getattr(self.logger, "experiment", None)
         if self._samples and self.trainer.is_global_zero and hasattr(experiment, "add_text"):
             experiment.add_text("val/samples", "\n\n---\n\n".join(self._samples), self.global_step)

@@ -150,7 +150,7 @@ class TrainerConfig:
     num_nodes: int = 1
     """Nodes (Lightning's launchers; see README)."""
     strategy: str = "auto"
-    """auto, ddp or fsdp (SFT only); see README, "Precision, memory, several GPUs and nodes"."""
+    """auto, ddp or fsdp (FSDP2, every method); see README, "Precision, memory, several GPUs and nodes"."""
     precision: str = "32"
     """32, bf16-mixed, bf16-true, 16-mixed."""
     gradient_clip_val: float = 1.0

@@ -34,6 +34,7 @@ from lightning_modules.distributed import all_reduce_mean
 from lightning_modules.generation import decode, generate, response_logits
 from lightning_modules.losses import masked_mean, token_entropy, token_logprobs
 from lightning_modules.policy import Policy
+from lightning_modules.sharding import full, gathered, is_sharded
 from lightning_modules.rewards import CONTROLS, check_reward_name, control_reward, is_function_spec, load_function_reward
 from lightning_modules.rollout import Rewards, Rollout, Rows, Signals
 
@@ -160,11 +161,6 @@ class RLModule(ReasoningModule):
             not config.trainer.precision.startswith("16"),
             f"RL methods clip gradients by hand, which fp16 loss scaling does not support; use bf16-mixed, not {config.trainer.precision}",
         )
-        require(
-            not config.trainer.strategy.startswith("fsdp"),
-            "RL methods sample and update several times inside one training step, which Lightning's FSDP wrapping does not "
-            "support; use trainer.strategy ddp (FSDP is for SFT)",
-        )
         check_reward_name(config.algo.reward, cls.rewards_offered)
         group = cls.group_rows(config)
         rows = config.data.batch_size * config.algo.samples_per_prompt // group
@@ -189,10 +185,22 @@ class RLModule(ReasoningModule):
     def score_temperature(self) -> float:
         return self.algo.score_temperature or self.algo.temperature
 
-    def on_fit_start(self) -> None:
+    def place_reference(self, device: torch.device) -> None:
+        """The frozen reference on the policy's device and in its dtype."""
         dtype = next(self.policy.parameters()).dtype
         for reference in self._reference:
-            reference.to(device=self.device, dtype=dtype)
+            if not is_sharded(reference):  # a sharded one was placed before it was sharded
+                reference.to(device=device, dtype=dtype)
+
+    def on_fit_start(self) -> None:
+        self.place_reference(self.device)
+
+    def sharded_modules(self) -> list[Policy]:
+        return [self.policy, *self._reference]
+
+    def configure_model(self) -> None:
+        self.place_reference(self.trainer.strategy.root_device)  # sharded where it will run
+        super().configure_model()
 
     def sampling_seed(self) -> int:
         """Sampling depends only on (seed, rank, step): ranks differ, and a resumed run draws
@@ -282,10 +290,13 @@ class RLModule(ReasoningModule):
     # ---- the step -----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         started = self.clock()
-        rollout = self.rollout(batch)
-        generated = self.clock()
-        with torch.no_grad(), eval_mode(self.policy):
-            scores, rollout_metrics = self.score(rollout)
+        # Under FSDP2 sampling and scoring run on the policy's gathered weights (lightning_modules/sharding.py);
+        # the reference stays sharded and gathers layer by layer, in its one forward pass per step on every rank.
+        with gathered(self.policy):
+            rollout = self.rollout(batch)
+            generated = self.clock()
+            with torch.no_grad(), eval_mode(self.policy):
+                scores, rollout_metrics = self.score(rollout)
         self.count_tokens(int(rollout.attention_mask.sum()))
         scored = self.clock()
         update_metrics = self.update(rollout, scores)
@@ -328,7 +339,7 @@ class RLModule(ReasoningModule):
                     continue
                 metrics = {"loss": loss.detach(), **metrics}
                 clip = self.config.trainer.gradient_clip_val or float("inf")
-                metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), clip).detach()
+                metrics["grad_norm"] = full(torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), clip)).detach()
                 self.optimizer_update(optimizer, last=done == updates)
                 applied += 1
                 for key, value in metrics.items():

@@ -26,7 +26,7 @@ def method_of(path: Path) -> str:
 
 
 def test_every_method_of_the_papers_has_a_real_config():
-    assert {method_of(p) for p in REAL} == {"sft", "ppo", "carft", "grpo", "rlsc"}
+    assert {method_of(p) for p in REAL} == {"sft", "ppo", "carft", "grpo", "rlsc", "ttrl", "intuitor", "rent", "empo"}
 
 
 @pytest.mark.parametrize("path", REAL, ids=lambda p: p.stem)
@@ -38,7 +38,7 @@ def test_a_real_config_names_its_strategy_and_gpus_and_its_settings_train_a_step
     text = path.read_text()
     assert "arXiv" in text and "GB" in text  # the paper it follows, and the memory it was sized for
     model = ["--model.name_or_path", "embedded"]
-    few = ["--data.batch_size", "2"] + (["--algo.samples_per_prompt", "2", "--algo.minibatches", "1"] if method in ("grpo", "rlsc") else [])
+    few = ["--data.batch_size", "2"] + (["--algo.samples_per_prompt", "2", "--algo.minibatches", "1"] if method not in ("sft", "ppo", "carft") else [])
     config, _, _, _ = parse_config(["--method", method, "--config", str(path), "--run_name", method, *tiny_args, *model, *HERE, *few])
     assert config.optim.lr == parse_config(["--method", method, "--config", str(path)])[0].optim.lr  # the paper's settings stay
     train(config)

@@ -229,7 +229,7 @@ def _with_callback(build, callback):
     (["--method", "sft", "--trainer.strategy", "deepspeed_stage_2"], "trainer.strategy deepspeed_stage_2 is not supported"),
     *[(["--method", "sft", "--config", str(STRATEGIES / f"{name}.yaml")], "trainer settings cannot run here")
       for name in ("ddp", "fsdp")],
-    (["--method", "grpo", "--trainer.strategy", "fsdp"], "which Lightning's FSDP wrapping does not support"),
+    (["--method", "grpo", "--trainer.strategy", "fsdp_cpu_offload"], "trainer.strategy fsdp_cpu_offload is not supported; fsdp (FSDP2"),
     (["--method", "sft", "--trainer.max_skipped_updates", "0"], "trainer.max_skipped_updates must be positive"),
     (["--method", "ppo", "--trainer.precision", "16-mixed"], "RL methods clip gradients by hand"),
     (["--method", "rlsc", "--data.batch_size", "2", "--algo.minibatches", "3"], "algo.minibatches (3) is more than the questions of a rollout (2)"),

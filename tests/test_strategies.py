@@ -1,25 +1,26 @@
-"""The strategy configs say what they claim, and DeepSpeed, never run, is refused."""
+"""The strategy configs say what they claim, fsdp is FSDP2 with atomic sharded checkpoints, DeepSpeed (never run) is refused."""
 
 from __future__ import annotations
 
 import pytest
 
 from lightning_modules.config import TrainerConfig
+from lightning_modules.sharding import ShardedStrategy
 from workflows.train import UsageError, lightning_strategy, parse_config
 from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize("name", ["ddp", "fsdp"])
 def test_strategy_configs_parse_on_top_of_a_method(name, tiny_args):
-    method = "sft" if name == "fsdp" else "grpo"
-    config, _, _, _ = parse_config(["--method", method, "--config", str(ROOT / "configs" / "strategies" / f"{name}.yaml"), *tiny_args])
+    config, _, _, _ = parse_config(["--method", "grpo", "--config", str(ROOT / "configs" / "strategies" / f"{name}.yaml"), *tiny_args])
     assert (config.trainer.strategy, config.trainer.accelerator, config.trainer.devices, config.trainer.precision) == (name, "gpu", "auto", "bf16-mixed")
 
 
-def test_plain_strategies_pass_through_and_deepspeed_is_refused():
+def test_plain_strategies_pass_through_fsdp_is_fsdp2_and_deepspeed_is_refused():
     assert lightning_strategy(TrainerConfig(strategy="ddp")) == "ddp"
+    assert isinstance(lightning_strategy(TrainerConfig(strategy="fsdp")), ShardedStrategy)
     for name in ("deepspeed", "deepspeed_stage_2", "deepspeed_stage_3_offload"):
-        with pytest.raises(UsageError, match=f"trainer.strategy {name} is not supported; ddp is the tested way"):
+        with pytest.raises(UsageError, match=f"trainer.strategy {name} is not supported; fsdp is the tested sharded way"):
             lightning_strategy(TrainerConfig(strategy=name))
 
 

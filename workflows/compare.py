@@ -189,7 +189,7 @@ def resume_argv(task: Task, runs: Path) -> list[str]:
     """An interrupted run with a checkpoint continues from it; one without starts again."""
     folder = runs / task.name
     if folder.exists() and not (folder / "hf" / "config.json").is_file():
-        if (folder / "checkpoints" / "last.ckpt").is_file():
+        if (folder / "checkpoints" / "last.ckpt").exists():
             return [task.argv[0], task.argv[1], "--resume", str(folder)]
         shutil.rmtree(folder)  # nothing trained was kept: no checkpoint
     return task.argv

@@ -35,6 +35,7 @@ from lightning_modules.config import EmbeddedModelConfig, LoraConfig, ModelConfi
 from lightning_modules.evaluation import Responses, grade, pass_at_ks, respond, sampling_seed
 from lightning_modules.metrics import majority_correct
 from lightning_modules.policy import Policy, load_tokenizer, resolve_model_path
+from lightning_modules.sharding import is_sharded_checkpoint, load_sharded_checkpoint
 from workflows.cli import UsageError, new_parser, parse_namespace, run_main
 from workflows.statistics import paired_bootstrap
 
@@ -145,7 +146,10 @@ def _adapter_base(folder: Path) -> str:
 
 def _load_checkpoint_weights(policy: Policy, ckpt: Path) -> None:
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        if is_sharded_checkpoint(ckpt):  # written under FSDP2: a folder of shards
+            state = load_sharded_checkpoint(ckpt, weights_only=True)["state_dict"]
+        else:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     except Exception as error:  # truncated file, not a checkpoint, pickled code: all unreadable
         reason = first_line(error)
         raise EvalError(f"{ckpt} is not a readable Lightning checkpoint ({reason[:120]})") from None
@@ -170,7 +174,7 @@ def load_model(source: str, dtype: str = "float32", trust_remote_code: bool = Fa
                         "a Hugging Face folder, a .gguf file or a hub id")
     checkpoint, adapter = None, None
     if path.suffix == ".ckpt":
-        if not path.is_file():
+        if not path.exists():
             raise EvalError(f"checkpoint {source} does not exist")
         if run_config is None:
             raise EvalError(f"checkpoint {source} is not inside a run folder (runs/<name>/checkpoints/), whose config.yaml says which model it holds")
@@ -181,7 +185,7 @@ def load_model(source: str, dtype: str = "float32", trust_remote_code: bool = Fa
             weights_from = str(run_dir / "hf")
         elif (run_dir / "hf" / "adapter_config.json").is_file():
             adapter, weights_from = run_dir / "hf", _base_model_path(run_dir, run_config)
-        elif (run_dir / "checkpoints" / "last.ckpt").is_file():
+        elif (run_dir / "checkpoints" / "last.ckpt").exists():
             checkpoint, weights_from = run_dir / "checkpoints" / "last.ckpt", _base_model_path(run_dir, run_config)
         else:
             raise EvalError(f"run {run_dir} has neither an hf/ export nor checkpoints/last.ckpt")

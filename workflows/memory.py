@@ -5,10 +5,13 @@ The parts (docs/PERFORMANCE.md has the table and the check against measured peak
 
 - **weights**: every parameter at the weight dtype (float32 under ``32`` and ``bf16-mixed``,
   whose master weights stay float32; bfloat16 under ``bf16-true``). FSDP2 keeps 1/N of them,
-  plus the unsharded bfloat16 copies of the two decoder layers it has gathered at a time (one
-  computing, one prefetched).
+  plus, at the activation width, the gathered copies of its root unit (embeddings, final norm,
+  output projection: gathered for the whole forward and again for the whole backward) and of
+  the two decoder layers it holds at a time (one computing, one prefetched).
 - **gradients** and **optimizer**: AdamW's gradient and two moments, at the weight dtype, for
-  the trainable parameters only (all of them, or LoRA's adapters); FSDP2 shards them too.
+  the trainable parameters only (all of them, or LoRA's adapters); FSDP2 shards them too, and
+  in the backward holds the largest unit's whole gradient twice at the activation width (as
+  computed, and as the reduce-scatter's input) before it keeps its shard.
 - **reference**: the frozen starting policy of the methods with a KL term (PPO, CARFT, GRPO
   and its label-free family), a second copy of the weights; none with LoRA, whose reference
   is the policy with its adapters switched off.
@@ -22,6 +25,8 @@ The parts (docs/PERFORMANCE.md has the table and the check against measured peak
   scores only the response positions; SFT every position.
 - **rollout**: the KV cache of one decoding batch, ``2 x layers x kv x rows x (prompt +
   response)`` values at the activation width, plus one float32 logits row per sequence.
+  Under FSDP2 sampling and scoring run on the whole gathered policy at the activation width,
+  which this part adds (``lightning_modules/sharding.py``; the reference gathers per layer).
 
 The peak is the fixed parts (weights to reference) plus the larger of training (activations and
 logits) and decoding (the rollout): the two never run at once.
@@ -30,6 +35,7 @@ logits) and decoding (the rollout): the two never run at once.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -91,11 +97,13 @@ class Architecture:
 PRESETS = {
     "qwen2.5-0.5b": Architecture(24, 896, 4864, 14, 2, 151936, tied=True, qkv_bias=True),
     "qwen2.5-1.5b": Architecture(28, 1536, 8960, 12, 2, 151936, tied=True, qkv_bias=True),
+    "qwen2.5-3b": Architecture(36, 2048, 11008, 16, 2, 151936, tied=True, qkv_bias=True),
     "qwen2.5-7b": Architecture(28, 3584, 18944, 28, 4, 152064, tied=False, qkv_bias=True),
     "smollm2-135m": Architecture(30, 576, 1536, 9, 3, 49152, tied=True),
 }
 PRESETS["qwen2.5-math-1.5b"] = PRESETS["qwen2.5-1.5b"]
 PRESETS["qwen2.5-math-7b"] = PRESETS["qwen2.5-7b"]
+PRESETS["qwen2.5-7b-instruct"] = PRESETS["qwen2.5-7b"]
 
 WITH_REFERENCE = ("ppo", "carft", "grpo", "ttrl", "intuitor", "rent", "empo")
 """Methods whose default config has a KL term to the starting policy (RLSC and SFT have none)."""
@@ -149,12 +157,15 @@ def plan(arch: Architecture, setting: Setting) -> dict[str, int]:
     params = arch.parameters()
     trainable = arch.lora_parameters(setting.lora_r) if setting.lora_r else params
     lora_weights = trainable * weight if setting.lora_r else 0
-    gathered = 2 * arch.layer_parameters() * 2 if setting.strategy == "fsdp" and setting.gpus > 1 else 0
+    sharded = setting.strategy == "fsdp" and setting.gpus > 1
+    root = params - arch.layers * arch.layer_parameters()
+    gathered = (root + 2 * arch.layer_parameters()) * act if sharded else 0
+    reference = setting.method in WITH_REFERENCE and not setting.lora_r
     parts = {
         "weights": params * weight // shard + gathered + lora_weights,
-        "gradients": trainable * weight // shard,
+        "gradients": trainable * weight // shard + (2 * max(root, arch.layer_parameters()) * act if sharded and not setting.lora_r else 0),
         "optimizer": 2 * trainable * weight // shard,
-        "reference": params * weight // shard if setting.method in WITH_REFERENCE and not setting.lora_r else 0,
+        "reference": params * weight // shard if reference else 0,
     }
     h, kv, i = arch.hidden, arch.kv, arch.intermediate
     length = setting.prompt_tokens + setting.response_tokens
@@ -166,7 +177,8 @@ def plan(arch: Architecture, setting: Setting) -> dict[str, int]:
     scored = setting.micro_batch * (length if setting.method == "sft" else setting.response_tokens)
     parts["logits"] = scored * arch.vocab * (act + 8)
     parts["rollout"] = 0 if setting.method == "sft" else (
-        2 * arch.layers * arch.kv * setting.rollout_rows * length * act + setting.rollout_rows * arch.vocab * 4)
+        2 * arch.layers * arch.kv * setting.rollout_rows * length * act + setting.rollout_rows * arch.vocab * 4
+        + (params * act if sharded else 0))
     fixed = parts["weights"] + parts["gradients"] + parts["optimizer"] + parts["reference"]
     parts["peak"] = fixed + max(parts["activations"] + parts["logits"], parts["rollout"])
     return parts
@@ -184,7 +196,7 @@ def table(rows: list[tuple[str, dict[str, int]]], checkpointing: bool = False) -
 
 # ---- the check against a measured peak --------------------------------------------------------
 MEASURE = r"""
-import json, sys
+import json, os, sys
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -193,7 +205,12 @@ def resident():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
 shape, batch, length = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-torch.manual_seed(0)
+sharded = "WORLD_SIZE" in os.environ  # started by torchrun: FSDP2 over its processes
+if sharded:
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    dist.init_process_group("gloo")
+torch.manual_seed(dist.get_rank() if sharded else 0)  # each rank its own micro-batch
 ids = torch.randint(0, shape["vocab"], (batch, length))
 torch.ones(1) @ torch.ones(1)  # the math library's own buffers, before the baseline
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak resident size
@@ -201,26 +218,52 @@ before = resident()
 config = LlamaConfig(vocab_size=shape["vocab"], hidden_size=shape["hidden"], intermediate_size=shape["intermediate"],
                      num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"], num_key_value_heads=shape["kv_heads"],
                      tie_word_embeddings=shape["tied"], attn_implementation="sdpa")
-model = LlamaForCausalLM(config)
+if sharded:
+    with torch.device("meta"):  # built on no device and sharded before any weight exists, as a rank holds it
+        model = LlamaForCausalLM(config)
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.to_local().normal_(0.0, 0.02)
+        rotary, dim = model.model.rotary_emb, shape["hidden"] // shape["heads"]
+        rotary.inv_freq.copy_(1.0 / 10000.0 ** (torch.arange(0, dim, 2).float() / dim))
+else:
+    model = LlamaForCausalLM(config)
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 for _ in range(2):  # the second step has the optimizer's moments in place
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-print(json.dumps({"peak": resident() - before}))
+peak = resident() - before
+if sharded:
+    peaks = [None] * dist.get_world_size()
+    dist.all_gather_object(peaks, peak)
+    peak = max(peaks)
+if not sharded or dist.get_rank() == 0:
+    print(json.dumps({"peak": peak}))
 """
 
 
-def measure(arch: Architecture, micro_batch: int, length: int) -> int:
+def measure(arch: Architecture, micro_batch: int, length: int, processes: int = 1) -> int:
     """Peak resident bytes of two full-precision SFT steps (AdamW) of a fresh model of this shape
-    on the CPU, in a process of their own, above what the process held before building it."""
+    on the CPU, in a process of their own, above what the process held before building it. With
+    ``processes`` > 1, under FSDP2 on that many gloo processes (each with its own micro-batch):
+    the largest rank's peak."""
     import subprocess
     import sys
+    import tempfile
     from dataclasses import asdict
 
-    result = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(asdict(arch)), str(micro_batch), str(length)],
-                            capture_output=True, text=True, check=True)
+    with tempfile.TemporaryDirectory() as folder:
+        script = Path(folder) / "measure.py"
+        script.write_text(MEASURE)
+        launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", "29531"] if processes > 1 else []
+        command = [sys.executable, *launch, str(script), json.dumps(asdict(arch)), str(micro_batch), str(length)]
+        result = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return json.loads(result.stdout.strip().splitlines()[-1])["peak"]
 
 
@@ -261,11 +304,12 @@ def docs_table() -> str:
 
 
 def check() -> str:
-    lines = ["| parameters | planned peak, MiB | measured peak, MiB | measured / planned |", "|---|---|---|---|"]
+    lines = ["| parameters | strategy | planned peak, MiB | measured peak, MiB | measured / planned |", "|---|---|---|---|---|"]
     for arch in CHECKS:
-        planned = plan(arch, Setting(method="sft", precision="32", micro_batch=8, prompt_tokens=0, response_tokens=128))["peak"]
-        measured = measure(arch, 8, 128)
-        lines.append(f"| {arch.parameters() / 1e6:.1f}M | {planned / 2**20:.0f} | {measured / 2**20:.0f} | {measured / planned:.2f} |")
+        for label, strategy, gpus in (("one process", "ddp", 1), ("FSDP2, 2 processes (the larger rank)", "fsdp", 2)):
+            setting = Setting(method="sft", precision="32", micro_batch=8, prompt_tokens=0, response_tokens=128, strategy=strategy, gpus=gpus)
+            planned, peak = plan(arch, setting)["peak"], measure(arch, 8, 128, processes=gpus)
+            lines.append(f"| {arch.parameters() / 1e6:.1f}M | {label} | {planned / 2**20:.0f} | {peak / 2**20:.0f} | {peak / planned:.2f} |")
     return "\n".join(lines)
 
 
@@ -281,7 +325,7 @@ def run(argv: list[str]) -> int:
         print(docs_table())
         return 0
     if settings.check:
-        print("Two full-precision SFT steps (AdamW) of a fresh Llama, micro-batch 8 x 128 tokens, on this CPU:\n")
+        print("Two full-precision SFT steps (AdamW) of a fresh Llama, micro-batch 8 x 128 tokens per process, on this CPU:\n")
         print(check())
         return 0
     arch = architecture(settings.model)

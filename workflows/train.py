@@ -44,6 +44,9 @@ from lightning_modules.config import (
     TrainerConfig,
 )
 from lightning_modules.policy import load_tokenizer, resolve_model_path
+from lightning_modules.sharding import (
+    SHARDED, WORLD_SIZE_KEY, ShardedStrategy, is_sharded_checkpoint, recover_checkpoint, sharded_checkpoint_meta,
+)
 from workflows.cli import USER_ERRORS, UsageError, new_parser, one_sentence, parse_namespace
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -103,7 +106,8 @@ def parse_config(argv: Sequence[str]) -> tuple[RunConfig, str | None, ArgumentPa
             argv += ["--method", known.method]
         base_files = [run_dir / "config.yaml"]
         ckpt = str(run_dir / "checkpoints" / "last.ckpt")
-        if not Path(ckpt).is_file():
+        recover_checkpoint(Path(ckpt))
+        if not Path(ckpt).exists():
             raise UsageError(f"run {run_dir} has no checkpoints/last.ckpt to resume from")
     if not known.method:
         if {"-h", "--help"} & set(argv):
@@ -224,13 +228,16 @@ def build_trainer(
         raise UsageError(f"trainer settings cannot run here: {one_sentence(str(error))}") from None
 
 
-def lightning_strategy(tc) -> str:
-    """``trainer.strategy`` as Lightning takes it. DeepSpeed is refused: it has never run with
-    these methods (the RL methods clip gradients by hand, which ZeRO's sharded gradients would
-    need moved into its engine), and an untested path is not offered."""
+def lightning_strategy(tc):
+    """``trainer.strategy`` as Lightning takes it: ``fsdp`` is FSDP2 (:class:`ShardedStrategy`).
+    DeepSpeed is refused: it has never run with these methods (the RL methods clip gradients
+    by hand, which ZeRO's sharded gradients would need moved into its engine), and an untested
+    path is not offered."""
     if tc.strategy.startswith("deepspeed"):
-        raise UsageError(f"trainer.strategy {tc.strategy} is not supported; ddp is the tested way past one device")
-    return tc.strategy
+        raise UsageError(f"trainer.strategy {tc.strategy} is not supported; fsdp is the tested sharded way past one device")
+    if tc.strategy.startswith("fsdp") and tc.strategy != SHARDED:
+        raise UsageError(f"trainer.strategy {tc.strategy} is not supported; fsdp (FSDP2, sharded per decoder layer) is")
+    return ShardedStrategy() if tc.strategy == SHARDED else tc.strategy
 
 
 def check_context(config: RunConfig, model_path: str) -> None:
@@ -247,15 +254,23 @@ def check_context(config: RunConfig, model_path: str) -> None:
 
 
 def read_checkpoint(path: str) -> dict:
-    """A checkpoint to resume from, memory-mapped, or one sentence on why it cannot be."""
+    """What a resume needs to know of a checkpoint before anything loads: its step, method and
+    world size, and the shape of every weight (``shapes``). A single file is memory-mapped; of
+    a sharded one (a folder) only the metadata is read. One sentence if it cannot be read."""
+    where = Path(path)
+    recover_checkpoint(where)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if is_sharded_checkpoint(where):
+            checkpoint, shapes = sharded_checkpoint_meta(where)
+        else:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            shapes = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()} if isinstance(checkpoint, dict) and "state_dict" in checkpoint else None
     except Exception as error:  # truncated, not a checkpoint, or pickled code that weights_only refuses
         reason = first_line(error)
         raise UsageError(f"{path} is not a readable checkpoint ({reason[:120]})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
+    if not isinstance(checkpoint, dict) or shapes is None or "global_step" not in checkpoint:
         raise UsageError(f"{path} is not a training checkpoint of this project (no state_dict or global_step)")
-    return checkpoint
+    return {"shapes": shapes, "sharded": is_sharded_checkpoint(where), **{k: checkpoint.get(k) for k in ("global_step", "method", WORLD_SIZE_KEY)}}
 
 
 def check_checkpoint(checkpoint: dict, path: str, module: L.LightningModule, method: str) -> None:
@@ -265,10 +280,26 @@ def check_checkpoint(checkpoint: dict, path: str, module: L.LightningModule, met
     if saved is not None and saved != method:
         raise UsageError(f"{path} was written by --method {saved}, not {method}")
     ours = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
+    theirs = checkpoint["shapes"]
     if ours != theirs:
         differ = sorted(set(ours) ^ set(theirs)) or sorted(k for k in ours if ours[k] != theirs[k])
         raise UsageError(f"{path} holds a different model than this run builds ({len(differ)} tensors differ, e.g. {differ[0]})")
+
+
+def check_layout(checkpoint: dict, path: str, config: RunConfig, trainer: L.Trainer) -> None:
+    """A run continues as it was laid out: sharded (a folder of shards, written under FSDP2) or
+    not, and on as many processes, since each rank's share of the data and its sampling seeds
+    depend on the world size (another count would not continue the same run)."""
+    sharded = config.trainer.strategy == SHARDED
+    if checkpoint["sharded"] != sharded:
+        written = "sharded (written under trainer.strategy fsdp)" if checkpoint["sharded"] else "one file (written without FSDP2)"
+        raise UsageError(f"{path} is {written}; resume it with the strategy that wrote it, not trainer.strategy {config.trainer.strategy}")
+    saved, now = checkpoint.get(WORLD_SIZE_KEY), trainer.num_nodes * trainer.num_devices
+    if saved is not None and saved != now:
+        raise UsageError(
+            f"{path} was written by {saved} processes and this run has {now} (trainer.num_nodes x trainer.devices); "
+            f"resume on {saved}, or start a new run from its weights"
+        )
 
 
 def train(config: RunConfig, ckpt_path: str | None = None, callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
@@ -282,6 +313,8 @@ def train(config: RunConfig, ckpt_path: str | None = None, callbacks: Sequence[L
     checkpoint = read_checkpoint(ckpt_path) if ckpt_path is not None else None
     resume_step = checkpoint["global_step"] if checkpoint is not None else None
     trainer = build_trainer(config, run_dir, callbacks, method.manual_optimization, resume_step)
+    if checkpoint is not None:
+        check_layout(checkpoint, ckpt_path, config, trainer)
     base_path = resolve_model_path(config.model)  # a warm-up keeps its base model's tokenizer and context
     check_context(config, base_path)
     tokenizer = load_tokenizer(base_path, config.model.trust_remote_code)
