@@ -117,6 +117,10 @@ def test_every_method_under_fsdp2_ends_with_the_weights_it_ends_with_under_ddp(t
     runs.append(("bf16-fsdp", ["--run_name", "bf16-fsdp", "--method", "grpo", "--warmup_run", "null", *EVERY_METHOD["grpo"], "--trainer.max_steps", "2",
                                "--trainer.val_every_n_steps", "2", "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "fsdp",
                                "--trainer.precision", "bf16-mixed", *tiny_args, "--optim.lr", "1e-3"]))
+    runs.append(("bf16true-fsdp", ["--run_name", "bf16true-fsdp", "--method", "carft", "--warmup_run", "null", *EVERY_METHOD["carft"],
+                                   "--trainer.max_steps", "2", "--trainer.val_every_n_steps", "2", "--trainer.accelerator", "cpu",
+                                   "--trainer.devices", "2", "--trainer.strategy", "fsdp", "--trainer.precision", "bf16-true", *tiny_args,
+                                   "--optim.lr", "1e-3"]))
     torchrun(tmp_path, runs)
     for method in [*EVERY_METHOD, "lora"]:
         ddp, fsdp = (torch.load(tmp_path / f"{method}-{s}.rank0.pt", weights_only=True) for s in ("ddp", "fsdp"))
@@ -146,6 +150,10 @@ def test_every_method_under_fsdp2_ends_with_the_weights_it_ends_with_under_ddp(t
     bf16 = torch.load(tmp_path / "bf16-fsdp.rank0.pt", weights_only=True)
     assert bf16["sampled_in"] == "torch.bfloat16" and fsdp["sampled_in"] == "torch.float32"
     assert all(v.dtype == torch.float32 for v in bf16["end"].values())
+    # Under bf16-true the sharded weights themselves are bfloat16, and they train.
+    true = torch.load(tmp_path / "bf16true-fsdp.rank0.pt", weights_only=True)
+    assert all(v.dtype == torch.bfloat16 and torch.isfinite(v).all() for v in true["end"].values())
+    assert any(not torch.equal(v, true["start"][n]) for n, v in true["end"].items())
     # The Hugging Face exports hold the final weights, gathered whole (adapters merged with LoRA).
     from transformers import AutoModelForCausalLM
 
