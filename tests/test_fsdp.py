@@ -111,6 +111,11 @@ def test_every_method_under_fsdp2_ends_with_the_weights_it_ends_with_under_ddp(t
     for strategy in ("ddp", "fsdp"):
         runs.append((f"lora-{strategy}", ["--run_name", f"lora-{strategy}", *lora, "--trainer.max_steps", "2", "--trainer.val_every_n_steps", "2",
                                           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", strategy, *tiny_args, "--optim.lr", "1e-3"]))
+    for strategy in ("ddp", "fsdp"):  # gradient checkpointing, as configs/real trains 7B models
+        runs.append((f"checkpointed-{strategy}", ["--run_name", f"checkpointed-{strategy}", "--method", "ppo", "--warmup_run", "null",
+                                                  *EVERY_METHOD["ppo"], "--model.gradient_checkpointing", "true", "--trainer.max_steps", "2",
+                                                  "--trainer.val_every_n_steps", "2", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+                                                  "--trainer.strategy", strategy, *tiny_args, "--optim.lr", "1e-3"]))
     runs.append(("adapters-fsdp", ["--run_name", "adapters-fsdp", *lora, "--model.lora.export", "adapter", "--trainer.max_steps", "2",
                                    "--trainer.val_every_n_steps", "2", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
                                    "--trainer.strategy", "fsdp", *tiny_args, "--optim.lr", "1e-3"]))
@@ -122,7 +127,7 @@ def test_every_method_under_fsdp2_ends_with_the_weights_it_ends_with_under_ddp(t
                                    "--trainer.devices", "2", "--trainer.strategy", "fsdp", "--trainer.precision", "bf16-true", *tiny_args,
                                    "--optim.lr", "1e-3"]))
     torchrun(tmp_path, runs)
-    for method in [*EVERY_METHOD, "lora"]:
+    for method in [*EVERY_METHOD, "lora", "checkpointed"]:
         ddp, fsdp = (torch.load(tmp_path / f"{method}-{s}.rank0.pt", weights_only=True) for s in ("ddp", "fsdp"))
         assert ddp["step"] == fsdp["step"] == 2
         assert fsdp.get("sharded") and not ddp.get("sharded")
