@@ -150,7 +150,10 @@ def recover_checkpoint(path: Path) -> None:
     successor into place, put the previous one back."""
     _, previous = staging_names(path)
     if not path.exists() and previous.is_dir():
-        os.replace(previous, path)
+        try:
+            os.replace(previous, path)
+        except FileNotFoundError:  # another process of the same launch put it back first
+            pass
 
 
 META = "meta.pt"
