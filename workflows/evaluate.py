@@ -360,8 +360,8 @@ def compare(result: dict, baseline: dict) -> dict[str, float]:
     ours, theirs = result["metrics"], baseline["metrics"]
     out = {f"{k}_difference": ours[k] - theirs[k] for k in ours if k in theirs and k not in ("questions", "prompts_truncated")}
     out["efficiency_gain"] = 1.0 - ours["response_length"] / theirs["response_length"] if theirs["response_length"] else 0.0
-    ours_q, theirs_q = per_question(result), per_question(baseline)
     if [d["uid"] for d in result.get("details", [])] == [d["uid"] for d in baseline.get("details", [])]:
+        ours_q, theirs_q = per_question(result), per_question(baseline)
         for key in ours_q.keys() & theirs_q.keys():
             interval = paired_bootstrap(ours_q[key], theirs_q[key])
             out[f"{key}_difference_interval"] = [interval.low, interval.high]
@@ -420,7 +420,7 @@ def format_table(result: dict, baseline: dict | None = None) -> str:
             row += [_fmt(key, other), _fmt(key, value - other, signed=True) if other is not None and key != "questions" else ""]
         rows.append(row)
     if baseline:
-        comparison = compare(result, baseline)
+        comparison = result.get("comparison") or compare(result, baseline)  # the bootstrap runs once per result
         for row in rows[1:]:
             interval = comparison.get(f"{row[0]}_difference_interval")
             if interval is not None:

@@ -259,18 +259,20 @@ def read_checkpoint(path: str) -> dict:
     a sharded one (a folder) only the metadata is read. One sentence if it cannot be read."""
     where = Path(path)
     recover_checkpoint(where)
+    sharded, shapes = is_sharded_checkpoint(where), None
     try:
-        if is_sharded_checkpoint(where):
+        if sharded:
             checkpoint, shapes = sharded_checkpoint_meta(where)
         else:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            shapes = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()} if isinstance(checkpoint, dict) and "state_dict" in checkpoint else None
+            if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+                shapes = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
     except Exception as error:  # truncated, not a checkpoint, or pickled code that weights_only refuses
         reason = first_line(error)
         raise UsageError(f"{path} is not a readable checkpoint ({reason[:120]})") from None
     if not isinstance(checkpoint, dict) or shapes is None or "global_step" not in checkpoint:
         raise UsageError(f"{path} is not a training checkpoint of this project (no state_dict or global_step)")
-    return {"shapes": shapes, "sharded": is_sharded_checkpoint(where), **{k: checkpoint.get(k) for k in ("global_step", "method", WORLD_SIZE_KEY)}}
+    return {"shapes": shapes, "sharded": sharded, **{k: checkpoint.get(k) for k in ("global_step", "method", WORLD_SIZE_KEY)}}
 
 
 def check_checkpoint(checkpoint: dict, path: str, module: L.LightningModule, method: str) -> None:
