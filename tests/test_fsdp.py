@@ -34,7 +34,7 @@ SCRIPT = textwrap.dedent(
     import torch
     from lightning_modules import generation
     from lightning_modules.sharding import full_state_dict, is_sharded
-    from workflows.train import parse_config, train
+    from workflows.train import close_process_group, parse_config, train
 
     sample = generation.sample_with_static_cache
     def uneven(lm, prompt_ids, prompt_mask, max_new_tokens, *args, **kwargs):
@@ -69,6 +69,7 @@ SCRIPT = textwrap.dedent(
     for name, argv in json.loads(sys.argv[2]):
         config, ckpt, _, _ = parse_config(argv)
         train(config, ckpt, callbacks=[SaveWeights(f"{out}/{name}")])
+    close_process_group(wait=True)
     """
 )
 
@@ -92,7 +93,7 @@ def torchrun(tmp_path: Path, runs: list[tuple[str, list[str]]]) -> None:
     script = tmp_path / "runs_in_one_group.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(script), str(tmp_path), json.dumps(runs)]
     result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -245,6 +245,9 @@ if sharded:
     peak = max(peaks)
 if not sharded or dist.get_rank() == 0:
     print(json.dumps({"peak": peak}))
+if sharded:
+    dist.barrier()
+    dist.destroy_process_group()  # every rank closes its gloo pairs before any exits
 """
 
 
@@ -261,7 +264,7 @@ def measure(arch: Architecture, micro_batch: int, length: int, processes: int = 
     with tempfile.TemporaryDirectory() as folder:
         script = Path(folder) / "measure.py"
         script.write_text(MEASURE)
-        launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", "29531"] if processes > 1 else []
+        launch = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes > 1 else []
         command = [sys.executable, *launch, str(script), json.dumps(asdict(arch)), str(micro_batch), str(length)]
         result = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return json.loads(result.stdout.strip().splitlines()[-1])["peak"]

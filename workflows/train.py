@@ -441,9 +441,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
     # RL checkpoints are taken after a rollout's updates, which is the state resume needs.
     warnings.filterwarnings("ignore", message=r".*ModelCheckpoint with manual optimization.*")
+    finished = False
     try:
         config, ckpt_path, _, _ = parse_config(argv)
         train(config, ckpt_path)
+        finished = True
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -458,4 +460,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rank_zero_only.rank == 0:
             print("stopped by SIGTERM before training started; nothing was trained", file=sys.stderr)
         return PREEMPTED_EXIT
+    finally:
+        close_process_group(wait=finished)
     return 0
+
+
+def close_process_group(wait: bool) -> None:
+    """Close the launch's process group before the interpreter exits: a process that exits
+    with its gloo pairs open can abort at shutdown while another rank still reads from them,
+    which turns a finished run into a crash. After a run every rank finished, the ranks wait
+    for each other first; after an error they do not, since another rank may never arrive."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if wait:
+            torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
