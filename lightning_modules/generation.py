@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from lightning_modules.decoder import lean_decoder, shared_rows
+
 
 def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """1 on generated tokens up to and including the first EOS, 0 after it (padding)."""
@@ -88,6 +90,36 @@ def sample_with_static_cache(
     whether every row has finished is read back only every ``check_every`` tokens (one host
     sync there, none otherwise).
     """
+    rows, prompt_length = prompt_ids.shape
+    device = prompt_ids.device
+    decoder, _ = lean_decoder(lm)
+    if decoder is not None:
+        logits = decoder.prefill(prompt_ids, prompt_mask, max_new_tokens)
+        next_logits = decoder.step
+    else:
+        next_logits, logits = library_decoder(lm, prompt_ids, prompt_mask, max_new_tokens)
+    tokens = prompt_ids.new_full((rows, max_new_tokens), pad_token_id)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    for t in range(max_new_tokens):
+        if do_sample:
+            token = torch.multinomial(filter_logits(logits, temperature, top_k, top_p).softmax(-1), 1).squeeze(1)
+        else:
+            token = logits.argmax(-1)
+        token = token.masked_fill(finished, pad_token_id)
+        tokens[:, t] = token
+        finished |= token == eos_token_id
+        if (t + 1) % check_every == 0 and bool(finished.all()):
+            break
+        if t + 1 < max_new_tokens:
+            logits = next_logits(token, t)
+    longest = int(response_mask(tokens, eos_token_id).sum(-1).max())  # as long as the longest response, like generate
+    return tokens[:, :longest]
+
+
+def library_decoder(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int):
+    """Decoding through the model's own ``forward`` and a library cache, for models
+    :mod:`~lightning_modules.decoder` does not cover: the prompts' next-token logits ``[B, V]``
+    and a function of ``(tokens, t)`` that feeds response token ``t`` and returns the next logits."""
     from transformers import DynamicCache, StaticCache
 
     rows, prompt_length = prompt_ids.shape
@@ -103,25 +135,15 @@ def sample_with_static_cache(
     out = lm(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, past_key_values=cache, use_cache=True,
              cache_position=torch.arange(prompt_length, device=device), logits_to_keep=1)
     position = positions[:, -1:]
-    tokens = prompt_ids.new_full((rows, max_new_tokens), pad_token_id)
-    finished = torch.zeros(rows, dtype=torch.bool, device=device)
-    for t in range(max_new_tokens):
-        logits = out.logits[:, -1]
-        if do_sample:
-            token = torch.multinomial(filter_logits(logits, temperature, top_k, top_p).softmax(-1), 1).squeeze(1)
-        else:
-            token = logits.argmax(-1)
-        token = token.masked_fill(finished, pad_token_id)
-        tokens[:, t] = token
-        finished |= token == eos_token_id
-        if (t + 1) % check_every == 0 and bool(finished.all()):
-            break
-        if t + 1 < max_new_tokens:
-            position = position + 1
-            out = lm(input_ids=token[:, None], attention_mask=mask[:, : prompt_length + t + 1], position_ids=position,
-                     past_key_values=cache, use_cache=True, cache_position=torch.tensor([prompt_length + t], device=device))
-    longest = int(response_mask(tokens, eos_token_id).sum(-1).max())  # as long as the longest response, like generate
-    return tokens[:, :longest]
+
+    def next_logits(tokens: torch.Tensor, t: int) -> torch.Tensor:
+        nonlocal position
+        position = position + 1
+        out = lm(input_ids=tokens[:, None], attention_mask=mask[:, : prompt_length + t + 1], position_ids=position,
+                 past_key_values=cache, use_cache=True, cache_position=torch.tensor([prompt_length + t], device=device))
+        return out.logits[:, -1]
+
+    return next_logits, out.logits[:, -1]
 
 
 def response_logits(
@@ -132,8 +154,14 @@ def response_logits(
     (``logits[:, t]`` scores response token t) and, if asked, the hidden states they come from,
     ``[N, T, H]``; with ``hidden_at_tokens`` also the state at the last token, ``[N, T + 1, H]``
     (``states[:, 1:]`` are then the states at the response tokens themselves). Only the
-    response positions go through the vocabulary projection."""
-    logits, states = policy(input_ids, attention_mask, return_hidden=hidden, logits_to_keep=response_length + 1)
+    response positions go through the vocabulary projection, and rows that share a prompt (a
+    rollout's groups) run it once (:meth:`~lightning_modules.policy.Policy.forward_shared_prompts`)."""
+    prompt_length = input_ids.size(1) - response_length
+    share = shared_rows(input_ids[:, :prompt_length], attention_mask[:, :prompt_length]) if prompt_length > 0 else 1
+    if share > 1 and policy.can_share_prompts():
+        logits, states = policy.forward_shared_prompts(input_ids, attention_mask, prompt_length, share, return_hidden=hidden)
+    else:
+        logits, states = policy(input_ids, attention_mask, return_hidden=hidden, logits_to_keep=response_length + 1)
     logits = logits[:, :-1]
     if states is not None:
         states = states[:, -response_length - 1 :] if hidden_at_tokens else states[:, -response_length - 1 : -1]

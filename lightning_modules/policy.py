@@ -257,3 +257,42 @@ class Policy(nn.Module):
             **({"logits_to_keep": logits_to_keep} if logits_to_keep else {}),
         )
         return out.logits, (out.hidden_states[-1] if return_hidden else None)
+
+    def can_share_prompts(self) -> bool:
+        """Whether :meth:`forward_shared_prompts` applies: it carries the prompts' keys and
+        values from one forward pass to the next, which activation checkpointing turns off."""
+        checkpointing = getattr(self.lm, "is_activation_checkpointing", None)  # the newer name of is_gradient_checkpointing
+        return not (checkpointing if checkpointing is not None else getattr(self.lm, "is_gradient_checkpointing", False))
+
+    def forward_shared_prompts(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int, share: int, return_hidden: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What ``forward(..., logits_to_keep=T + 1)`` returns for the last ``T`` tokens of
+        every row (``T = input_ids.size(1) - prompt_length``), for rows that come in runs of
+        ``share`` with one prompt each (:func:`~lightning_modules.decoder.shared_rows`).
+
+        Each prompt runs once; its keys and values are repeated for its rows, which then run
+        their own tokens on top. Gradients from every row reach the prompt's one pass (the
+        repeat sums them), so the loss and its gradient are those of the full pass, for about
+        ``(P / share + T) / (P + T)`` of its work (a shared-prefix forward; Prefix Grouper,
+        arXiv 2506.05433, does the same for GRPO).
+        """
+        from transformers import DynamicCache
+
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.lm.config)
+        prompt = self.lm(
+            input_ids=input_ids[::share, :prompt_length], attention_mask=attention_mask[::share, :prompt_length],
+            position_ids=position_ids[::share, :prompt_length], past_key_values=cache, use_cache=True,
+            output_hidden_states=return_hidden, logits_to_keep=1,
+        )
+        cache.batch_repeat_interleave(share)
+        rest = self.lm(
+            input_ids=input_ids[:, prompt_length:], attention_mask=attention_mask, position_ids=position_ids[:, prompt_length:],
+            past_key_values=cache, use_cache=True, output_hidden_states=return_hidden,
+        )
+        logits = torch.cat([prompt.logits[:, -1:].repeat_interleave(share, 0), rest.logits], dim=1)
+        if not return_hidden:
+            return logits, None
+        states = torch.cat([prompt.hidden_states[-1][:, -1:].repeat_interleave(share, 0), rest.hidden_states[-1]], dim=1)
+        return logits, states

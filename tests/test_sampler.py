@@ -1,4 +1,6 @@
-"""The static-cache sampler draws exactly what Hugging Face's ``generate`` draws."""
+"""The static-cache sampler draws exactly what Hugging Face's ``generate`` draws, through the
+lean decoder (lightning_modules/decoder.py) and through the library's forward, with distinct
+prompts and with groups of rows sharing a prompt (as rollouts have them)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from lightning_modules import generation
+from lightning_modules.decoder import lean_decoder, shared_rows
 from lightning_modules.generation import filter_logits, generate
 
 EOS, PAD = 1, 0
@@ -34,25 +38,69 @@ def left_padded_prompts(rows: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
+def grouped_prompts(share: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four of the prompts, each repeated ``share`` times in a row, as a rollout lays them out."""
+    ids, mask = left_padded_prompts()
+    return ids[1:5].repeat_interleave(share, 0), mask[1:5].repeat_interleave(share, 0)
+
+
+def sample_both(lm, ids, mask, sampling, max_new_tokens=24):
+    tokenizer = SimpleNamespace(eos_token_id=EOS, pad_token_id=PAD)
+    out = {}
+    for sampler in ("hf_generate", "static_cache"):
+        torch.manual_seed(7)
+        out[sampler] = generate(lm, ids, mask, tokenizer, max_new_tokens, sampler=sampler, **sampling)
+    return out["hf_generate"], out["static_cache"]
+
+
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("share", [1, 3], ids=["distinct-prompts", "shared-prompts"])
 @pytest.mark.parametrize(
     "sampling",
     [{}, {"do_sample": True, "temperature": 0.7}, {"do_sample": True, "temperature": 1.3, "top_k": 5},
      {"do_sample": True, "temperature": 1.0, "top_p": 0.8}, {"do_sample": True, "temperature": 0.9, "top_k": 6, "top_p": 0.7}],
     ids=["greedy", "t0.7", "top_k", "top_p", "top_k+top_p"],
 )
-def test_static_cache_sampler_draws_the_same_tokens_as_generate(kind, sampling):
+def test_static_cache_sampler_draws_the_same_tokens_as_generate(kind, share, sampling):
     lm = tiny_lm(kind)
-    ids, mask = left_padded_prompts()
-    tokenizer = SimpleNamespace(eos_token_id=EOS, pad_token_id=PAD)
-    out = {}
-    for sampler in ("hf_generate", "static_cache"):
-        torch.manual_seed(7)
-        out[sampler] = generate(lm, ids, mask, tokenizer, 24, sampler=sampler, **sampling)
-    (hf_ids, hf_mask), (ids_ours, mask_ours) = out["hf_generate"], out["static_cache"]
+    assert lean_decoder(lm)[0] is not None, "this family decodes through the lean decoder"
+    ids, mask = left_padded_prompts() if share == 1 else grouped_prompts(share)
+    assert shared_rows(ids, mask) == share
+    (hf_ids, hf_mask), (ids_ours, mask_ours) = sample_both(lm, ids, mask, sampling)
     assert hf_mask.sum(-1).min() < hf_mask.size(1), "some row ended early (EOS), so padding after EOS is exercised"
+    if share > 1 and sampling:
+        assert not torch.equal(ids_ours[0], ids_ours[1]), "rows sharing a prompt drew their own responses"
     assert torch.equal(ids_ours, hf_ids)
     assert torch.equal(mask_ours, hf_mask)
+
+
+@pytest.mark.parametrize("share", [1, 3], ids=["distinct-prompts", "shared-prompts"])
+def test_the_library_decoder_draws_the_same_tokens_as_generate(share, monkeypatch):
+    """A model the lean decoder does not cover decodes through the model's forward and a static cache."""
+    monkeypatch.setattr(generation, "lean_decoder", lambda lm: (None, "not covered"))
+    lm = tiny_lm("llama")
+    ids, mask = left_padded_prompts() if share == 1 else grouped_prompts(share)
+    (hf_ids, hf_mask), (ids_ours, mask_ours) = sample_both(lm, ids, mask, {"do_sample": True, "temperature": 0.9})
+    assert torch.equal(ids_ours, hf_ids) and torch.equal(mask_ours, hf_mask)
+
+
+def test_the_lean_decoder_names_what_it_does_not_cover():
+    from transformers import MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    shape = dict(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
+    assert "sliding window" in lean_decoder(MistralForCausalLM(MistralConfig(**shape, sliding_window=8)))[1]
+    assert lean_decoder(MistralForCausalLM(MistralConfig(**shape, sliding_window=None)))[0] is not None
+    assert "qwen3" in lean_decoder(Qwen3ForCausalLM(Qwen3Config(**shape)))[1]
+
+
+def test_shared_rows_finds_runs_of_one_prompt():
+    ids, mask = left_padded_prompts()
+    assert shared_rows(ids, mask) == 1
+    assert shared_rows(ids[:4].repeat_interleave(2, 0), mask[:4].repeat_interleave(2, 0)) == 2
+    assert shared_rows(ids[:2].repeat(3, 1), mask[:2].repeat(3, 1)) == 1  # repeated, but not in runs
+    padded_alike = mask[:2].repeat_interleave(2, 0).clone()
+    padded_alike[1, 0] = 1 - padded_alike[1, 0]  # same ids, one mask differs: not shared
+    assert shared_rows(ids[:2].repeat_interleave(2, 0), padded_alike) == 1
 
 
 def test_sampler_stops_when_every_row_has_ended():
