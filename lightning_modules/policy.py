@@ -260,7 +260,13 @@ class Policy(nn.Module):
 
     def can_share_prompts(self) -> bool:
         """Whether :meth:`forward_shared_prompts` applies: it carries the prompts' keys and
-        values from one forward pass to the next, which activation checkpointing turns off."""
+        values from one forward pass to the next, which activation checkpointing turns off.
+        Nor under FSDP2, where every forward pass is a round of collectives: ranks whose rows
+        share prompts differently would run different numbers of them and wait forever."""
+        from torch.distributed.fsdp import FSDPModule
+
+        if any(isinstance(m, FSDPModule) for m in self.lm.modules()):
+            return False
         checkpointing = getattr(self.lm, "is_activation_checkpointing", None)  # the newer name of is_gradient_checkpointing
         return not (checkpointing if checkpointing is not None else getattr(self.lm, "is_gradient_checkpointing", False))
 
