@@ -86,7 +86,7 @@ class LeanDecoder:
         prompt_ids, prompt_mask = prompt_ids[::self.share], prompt_mask[::self.share]
         self.rows, self.prompts, self.length = rows, prompts, length
         positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
-        self.position = positions[:, -1:].repeat_interleave(rows_per_prompt, 0)
+        self.position = positions[:, -1:].repeat_interleave(rows_per_prompt, 0)  # the last prompt position; step t is at + 1 + t
         h = self.model.embed_tokens(prompt_ids)
         # cos | sin of every position a row can reach (a prompt position is at most its index)
         cos, sin = self.model.rotary_emb(h, torch.arange(length + max_new_tokens, device=device)[None])
@@ -107,17 +107,31 @@ class LeanDecoder:
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
         """Feed ``tokens`` ``[B]`` as response token ``t`` and return the next logits ``[B, V]``."""
-        self.position = self.position + 1
+        return self.forward_step(tokens, t, t + 1, None)
+
+    @torch.no_grad()
+    def static_step(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """:meth:`step` with ``t`` a 0-dim tensor on the device and every shape fixed for the
+        rollout: the step attends over the whole response buffer, the slots not yet written
+        hidden by the mask. The same step can then be captured once as a CUDA graph and
+        replayed (:class:`GraphedStep`)."""
+        hidden = torch.arange(self.capacity, device=t.device) > t
+        own_bias = torch.zeros(self.capacity, device=t.device, dtype=self.angles.dtype).masked_fill(hidden, float("-inf"))
+        return self.forward_step(tokens, t, self.capacity, own_bias)
+
+    def forward_step(self, tokens: torch.Tensor, t, seen: int, own_bias: torch.Tensor | None) -> torch.Tensor:
+        position = self.position + 1 + t
         h = self.model.embed_tokens(tokens[:, None])
-        cos_sin = self.angles[self.position].unsqueeze(1)
+        cos_sin = self.angles[position].unsqueeze(1)
         for index, layer in enumerate(self.model.layers):
-            h = self.layer(layer, index, h, cos_sin, t=t)
+            h = self.layer(layer, index, h, cos_sin, t=t, seen=seen, own_bias=own_bias)
         return self.logits(h)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.lm.lm_head(self.model.norm(h))[:, -1]
 
-    def layer(self, layer: nn.Module, index: int, h: torch.Tensor, cos_sin: torch.Tensor, prefill_mask=None, t: int = 0) -> torch.Tensor:
+    def layer(self, layer: nn.Module, index: int, h: torch.Tensor, cos_sin: torch.Tensor, prefill_mask=None, t=0, seen: int = 0,
+              own_bias: torch.Tensor | None = None) -> torch.Tensor:
         attention = layer.self_attn
         rows, length, _ = h.shape
         x = layer.input_layernorm(h)
@@ -128,19 +142,25 @@ class LeanDecoder:
         if prefill_mask is not None:
             self.prompt_keys.append(k.contiguous())
             self.prompt_values.append(v.contiguous())
-            self.keys.append(k.new_empty(self.rows, self.kv_heads, self.capacity, self.head_dim))
-            self.values.append(v.new_empty(self.rows, self.kv_heads, self.capacity, self.head_dim))
+            # zeros, not uninitialised memory: a static step reads slots not yet written (weight 0)
+            self.keys.append(k.new_zeros(self.rows, self.kv_heads, self.capacity, self.head_dim))
+            self.values.append(v.new_zeros(self.rows, self.kv_heads, self.capacity, self.head_dim))
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=prefill_mask, scale=self.scaling, enable_gqa=self.group_heads > 1)
         else:
             keys, values = self.keys[index], self.values[index]
-            keys[:, :, t], values[:, :, t] = k[:, :, 0], v[:, :, 0]
-            out = self.attend(q, index, t + 1)
+            if isinstance(t, torch.Tensor):
+                keys.index_copy_(2, t.view(1), k)
+                values.index_copy_(2, t.view(1), v)
+            else:
+                keys[:, :, t], values[:, :, t] = k[:, :, 0], v[:, :, 0]
+            out = self.attend(q, index, seen, own_bias)
         h = h + attention.o_proj(out.transpose(1, 2).reshape(rows, length, self.heads * self.head_dim))
         return h + layer.mlp(layer.post_attention_layernorm(h))
 
-    def attend(self, q: torch.Tensor, index: int, seen: int) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, index: int, seen: int, own_bias: torch.Tensor | None = None) -> torch.Tensor:
         """One step's attention, ``[B, heads, 1, head_dim]``: each query over its prompt's keys
-        (read once per prompt) and its own ``seen`` response keys, under one softmax."""
+        (read once per prompt) and its first ``seen`` response keys (``own_bias`` added to
+        their scores), under one softmax."""
         prompts, share, kv, group, dim = self.prompts, self.share, self.kv_heads, self.group_heads, self.head_dim
         length = self.length
         # the prompt part: [prompts x kv, share x group, length], a query block per prompt
@@ -151,6 +171,8 @@ class LeanDecoder:
         # the response part: [rows x kv, group, seen]
         keys = self.keys[index][:, :, :seen].reshape(self.rows * kv, seen, dim)
         own_scores = torch.bmm(q.reshape(self.rows * kv, group, dim), keys.transpose(1, 2)).mul_(self.scaling)
+        if own_bias is not None:
+            own_scores = own_scores + own_bias
         weights = torch.cat([prompt_scores, own_scores.to(prompt_scores.dtype)], dim=-1).softmax(-1)
         values = self.values[index]
         prompt_weights = weights[..., :length].reshape(prompts, share, kv, group, length).transpose(1, 2).reshape(prompts * kv, share * group, length)
@@ -177,3 +199,29 @@ def rotate(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
     cos, sin = cos_sin.chunk(2, dim=-1)
     first, second = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-second, first], dim=-1) * sin
+
+
+class GraphedStep:
+    """:meth:`LeanDecoder.static_step` captured once per rollout as a CUDA graph and replayed
+    for every token: one launch per step instead of one per operation, which is what a step of
+    a small model costs on a GPU. Call it as ``step(tokens, t)``; the returned logits are a
+    buffer the next call overwrites."""
+
+    def __init__(self, decoder: LeanDecoder) -> None:
+        device = decoder.angles.device
+        self.tokens = torch.zeros(decoder.rows, dtype=torch.long, device=device)
+        self.t = torch.zeros((), dtype=torch.long, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up outside the capture (it writes slot 0, which step 0 rewrites)
+            decoder.static_step(self.tokens, self.t)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = decoder.static_step(self.tokens, self.t)
+
+    def __call__(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
+        self.tokens.copy_(tokens)
+        self.t.fill_(t)
+        self.graph.replay()
+        return self.logits

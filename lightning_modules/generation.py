@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lightning_modules.decoder import lean_decoder, shared_rows
+from lightning_modules.decoder import GraphedStep, lean_decoder, shared_rows
 
 
 def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -82,20 +82,28 @@ def sample_with_static_cache(
     top_k: int = 0,
     top_p: float = 1.0,
     check_every: int = 8,
+    static_shapes: bool = False,
 ) -> torch.Tensor:
     """Sample up to ``max_new_tokens`` for every left-padded prompt; ``[B, T]``, padded after EOS.
 
     Keys and values go into a cache allocated once for the whole length (no concatenation
-    per token; not under autocast, see below), each step feeds one token per row, and
-    whether every row has finished is read back only every ``check_every`` tokens (one host
-    sync there, none otherwise).
+    per token), each step feeds one token per row, and whether every row has finished is read
+    back only every ``check_every`` tokens (one host sync there, none otherwise). Llama-family
+    models decode through :class:`~lightning_modules.decoder.LeanDecoder`, others through
+    their ``forward``. With ``static_shapes`` (lean decoder only) every step has the same
+    shapes, and on a GPU the step is captured once as a CUDA graph and replayed.
     """
     rows, prompt_length = prompt_ids.shape
     device = prompt_ids.device
     decoder, _ = lean_decoder(lm)
     if decoder is not None:
         logits = decoder.prefill(prompt_ids, prompt_mask, max_new_tokens)
-        next_logits = decoder.step
+        if static_shapes and device.type == "cuda":
+            next_logits = GraphedStep(decoder)
+        elif static_shapes:
+            next_logits = lambda token, t: decoder.static_step(token, torch.tensor(t, device=device))  # noqa: E731
+        else:
+            next_logits = decoder.step
     else:
         next_logits, logits = library_decoder(lm, prompt_ids, prompt_mask, max_new_tokens)
     tokens = prompt_ids.new_full((rows, max_new_tokens), pad_token_id)

@@ -74,6 +74,19 @@ def test_static_cache_sampler_draws_the_same_tokens_as_generate(kind, share, sam
     assert torch.equal(mask_ours, hf_mask)
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_the_static_shape_step_draws_the_same_tokens_as_generate(kind):
+    """The step a GPU captures as a CUDA graph: every step attends over the whole response buffer."""
+    from lightning_modules.generation import sample_with_static_cache
+
+    lm = tiny_lm(kind)
+    ids, mask = grouped_prompts(3)
+    (hf_ids, _), _ = sample_both(lm, ids, mask, {"do_sample": True, "temperature": 0.9})
+    torch.manual_seed(7)
+    tokens = sample_with_static_cache(lm, ids, mask, 24, EOS, PAD, temperature=0.9, static_shapes=True)
+    assert torch.equal(tokens, hf_ids)
+
+
 @pytest.mark.parametrize("share", [1, 3], ids=["distinct-prompts", "shared-prompts"])
 def test_the_library_decoder_draws_the_same_tokens_as_generate(share, monkeypatch):
     """A model the lean decoder does not cover decodes through the model's forward and a static cache."""
