@@ -297,7 +297,8 @@ class RLModule(ReasoningModule):
             generated = self.clock()
             with torch.no_grad(), eval_mode(self.policy):
                 scores, rollout_metrics = self.score(rollout)
-        self.count_tokens(int(rollout.attention_mask.sum()))
+        tokens = int(rollout.attention_mask.sum())
+        self.count_tokens(tokens)
         scored = self.clock()
         update_metrics = self.update(rollout, scores)
         updated = self.clock()
@@ -306,6 +307,7 @@ class RLModule(ReasoningModule):
             "score_s": scored - generated,
             "update_s": updated - scored,
             "generated_tokens": int(rollout.response_mask.sum()),
+            "tokens": tokens,  # prompts and responses, what a full forward pass over the rollout covers
             "samples": len(rollout),
         }
         self.log_step({**rollout_metrics, **update_metrics}, len(rollout))

@@ -81,3 +81,31 @@ def test_a_grown_vocabulary_leaves_the_model_alone_and_its_new_tokens_at_logit_z
     assert grown_vocabulary(source, 1000, tmp_path) == grown  # written once
     with pytest.raises(BenchmarkError, match="can only grow"):
         grown_vocabulary(source, old - 1, tmp_path)
+
+
+def test_the_gpu_check_runs_its_quick_form_on_the_cpu(tmp_path, model_cache, capsys):
+    """scripts/gpu_check.py is prepared for a GPU session; its quick form runs it end to end here."""
+    from workflows.gpu_check import main as gpu_check
+
+    out = tmp_path / "gpu_check.json"
+    assert gpu_check(["--quick", "--trl", "false", "--cache_dir", str(model_cache), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    eager, library = result["sampler"]["ours, eager"], result["sampler"]["generate"]
+    assert eager["rows"] == library["rows"] == 64 and eager["new_tokens"] >= 1
+    assert eager["generated_tokens_per_s"] > 0 and library["generated_tokens_per_s"] > 0
+    (grpo,) = result["grpo"]
+    assert grpo["label"] == "grpo (as TRL)" and grpo["update_s"] > 0 and grpo["update_tokens"] > 64
+    assert math.isfinite(result["update_tflops"]) and result["update_tflops"] > 0
+    assert "| ours, eager |" in capsys.readouterr().out
+
+
+def test_model_flops_count_a_qwen2_5_0_5b_shape_by_hand(tmp_path):
+    from transformers import Qwen2Config
+
+    from workflows.gpu_check import QWEN25_05B, model_flops
+
+    Qwen2Config(**QWEN25_05B).save_pretrained(tmp_path)
+    # per layer: q and o 896 x 896, k and v 896 x 128, MLP 3 x 896 x 4864; then the head 896 x 151936
+    per_layer = 2 * 896 * 896 + 2 * 896 * 128 + 3 * 896 * 4864
+    assert model_flops(tmp_path, 10) == 6 * (24 * per_layer + 896 * 151936) * 10
+    assert 24 * per_layer + 896 * 151936 == pytest.approx(494e6, rel=0.01)  # Qwen2.5-0.5B's 0.49B parameters

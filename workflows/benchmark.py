@@ -411,6 +411,7 @@ def summarise(case: Case, runs: list[dict]) -> dict:
     }
     for key in ("generate_s", "score_s", "update_s", "rest_s"):
         out[key] = median(key)
+    out["update_tokens"] = median("tokens")  # prompt and response tokens per step (ours)
     return out
 
 
