@@ -75,6 +75,10 @@ class BenchmarkSettings:
     """Sampling temperature; the default is the RL configs'."""
     lr: float = 1e-4
     """Learning rate (ours and TRL's); the default is configs/grpo.yaml's."""
+    minibatches: int = 1
+    """Split each step's rollout into this many backward passes: ours takes one optimizer step per part (--algo.minibatches),
+    TRL accumulates the parts' gradients into one step (gradient_accumulation_steps); the forward and backward work is the
+    same. The default is one pass, as small models fit; a real model's logits need more."""
     steps: int = 5
     """Measured steps per process; the default, with 2 warm-up steps, is what docs/PERFORMANCE.md reports."""
     warmup_steps: int = 2
@@ -99,11 +103,13 @@ class BenchmarkSettings:
         unknown = [m for m in methods if m not in METHOD_NAMES]
         if unknown:
             raise BenchmarkError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHOD_NAMES)}")
-        for name in ("width", "layers", "batch_size", "samples", "max_new_tokens", "steps", "rounds"):
+        for name in ("width", "layers", "batch_size", "samples", "max_new_tokens", "steps", "rounds", "minibatches"):
             if getattr(self, name) <= 0:
                 raise BenchmarkError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.warmup_steps < 0:
             raise BenchmarkError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
+        if (self.batch_size * self.samples) % self.minibatches:
+            raise BenchmarkError(f"--minibatches {self.minibatches} must divide the {self.batch_size * self.samples} samples of a step")
         if self.trl:
             if importlib.util.find_spec("trl") is None:
                 raise BenchmarkError('--trl needs TRL: pip install -e ".[bench]"')
@@ -134,6 +140,7 @@ class Case:
     precision: str
     cache_dir: str = ".cache"
     vocab: int | None = None
+    minibatches: int = 1
     matched_trl: bool = False
     """Our GRPO configured as the TRL comparison runs it (no KL, TRL's loss aggregation)."""
     extra: list[str] = field(default_factory=list)
@@ -264,9 +271,11 @@ def measure_ours(case: Case, workdir: Path) -> dict:
     else:
         argv += ["--data.batch_size", str(case.batch_size), "--algo.samples_per_prompt", str(case.samples),
                  "--algo.temperature", str(case.temperature)]
+        if case.minibatches > 1:
+            argv += ["--algo.minibatches", str(case.minibatches)]
     if case.matched_trl:
         argv += ["--algo.kl_coef", "0", "--algo.loss_aggregation", "grpo", "--algo.scale", "group", "--algo.ppo_epochs", "1",
-                 "--algo.minibatches", "1", "--algo.clip_eps", "0.2", "--optim.warmup_steps", "0", "--optim.schedule", "constant"]
+                 "--algo.minibatches", str(case.minibatches), "--algo.clip_eps", "0.2", "--optim.warmup_steps", "0", "--optim.schedule", "constant"]
     config, _, _, _ = parse_config(argv + case.extra)
     method = METHODS[config.method]
     clock, memory = StepClock(case.warmup_steps), StepMemory()
@@ -320,7 +329,8 @@ def measure_trl(case: Case, workdir: Path) -> dict:
         return [rule_reward(extract_answer(text), gold) for text, gold in zip(completions, answer)]
 
     args = GRPOConfig(
-        output_dir=str(workdir / "trl"), per_device_train_batch_size=case.batch_size * case.samples,
+        output_dir=str(workdir / "trl"), per_device_train_batch_size=case.batch_size * case.samples // case.minibatches,
+        gradient_accumulation_steps=case.minibatches,
         num_generations=case.samples, max_completion_length=case.max_new_tokens, temperature=case.temperature,
         top_k=0, top_p=1.0, beta=0.0, num_iterations=1, epsilon=0.2, loss_type="grpo", scale_rewards="group",
         learning_rate=case.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
@@ -481,7 +491,7 @@ def benchmark(settings: BenchmarkSettings, argv: list[str]) -> int:
     key, values = parse_sweep(settings.sweep)
     base = Case("ours", "grpo", settings.batch_size, settings.samples, settings.max_new_tokens, settings.width, settings.layers, settings.model,
                 settings.temperature, settings.lr, settings.steps, settings.warmup_steps, settings.accelerator, settings.precision,
-                settings.cache_dir, vocab=settings.vocab, extra=settings.extra)
+                settings.cache_dir, vocab=settings.vocab, minibatches=settings.minibatches, extra=settings.extra)
     sizes = [replace(base, **{key: v}) for v in values] if key else [base]
 
     out = Path(settings.out)
