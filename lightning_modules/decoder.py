@@ -128,17 +128,17 @@ class LeanDecoder:
         return self.logits(h)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.lm.lm_head(self.model.norm(h))[:, -1]
+        return self.lm.lm_head(rms_norm(self.model.norm, h))[:, -1]
 
     def layer(self, layer: nn.Module, index: int, h: torch.Tensor, cos_sin: torch.Tensor, prefill_mask=None, t=0, seen: int = 0,
               own_bias: torch.Tensor | None = None) -> torch.Tensor:
         attention = layer.self_attn
         rows, length, _ = h.shape
-        x = layer.input_layernorm(h)
+        x = rms_norm(layer.input_layernorm, h)
         q = attention.q_proj(x).view(rows, length, self.heads, self.head_dim).transpose(1, 2)
         k = attention.k_proj(x).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
         v = attention.v_proj(x).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = rotate(q, cos_sin), rotate(k, cos_sin)
+        q, k = rotate(torch.cat([q, k], dim=1), cos_sin).split([self.heads, self.kv_heads], dim=1)  # one rotation for both
         if prefill_mask is not None:
             self.prompt_keys.append(k.contiguous())
             self.prompt_values.append(v.contiguous())
@@ -155,7 +155,7 @@ class LeanDecoder:
                 keys[:, :, t], values[:, :, t] = k[:, :, 0], v[:, :, 0]
             out = self.attend(q, index, seen, own_bias)
         h = h + attention.o_proj(out.transpose(1, 2).reshape(rows, length, self.heads * self.head_dim))
-        return h + layer.mlp(layer.post_attention_layernorm(h))
+        return h + layer.mlp(rms_norm(layer.post_attention_layernorm, h))
 
     def attend(self, q: torch.Tensor, index: int, seen: int, own_bias: torch.Tensor | None = None) -> torch.Tensor:
         """One step's attention, ``[B, heads, 1, head_dim]``: each query over its prompt's keys
@@ -192,6 +192,20 @@ def shared_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> int:
     share = rows // distinct
     both = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1).view(distinct, share, -1)
     return share if bool((both == both[:, :1]).all()) else 1
+
+
+RMS_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm")
+"""The families' RMSNorm modules: ``weight * x / sqrt(mean(x^2) + eps)``, computed in fp32."""
+
+
+def rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` in one fused operator where ``norm`` is one of :data:`RMS_NORMS` in full
+    precision, outside autocast (the same values; the module's own code is seven operators),
+    else ``norm(x)``."""
+    if (type(norm).__name__ in RMS_NORMS and x.dtype == torch.float32 and norm.weight.dtype == torch.float32
+            and not torch.is_autocast_enabled(x.device.type)):
+        return F.rms_norm(x, (x.size(-1),), norm.weight, norm.variance_epsilon)
+    return norm(x)
 
 
 def rotate(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:

@@ -110,7 +110,7 @@ def sample_with_static_cache(
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
         if do_sample:
-            token = torch.multinomial(filter_logits(logits, temperature, top_k, top_p).softmax(-1), 1).squeeze(1)
+            token = draw(filter_logits(logits, temperature, top_k, top_p).softmax(-1))
         else:
             token = logits.argmax(-1)
         token = token.masked_fill(finished, pad_token_id)
@@ -122,6 +122,16 @@ def sample_with_static_cache(
             logits = next_logits(token, t)
     longest = int(response_mask(tokens, eos_token_id).sum(-1).max())  # as long as the longest response, like generate
     return tokens[:, :longest]
+
+
+def draw(probs: torch.Tensor) -> torch.Tensor:
+    """One token per row from ``probs`` ``[B, V]``: ``torch.multinomial(probs, 1)``. On the CPU
+    the same draw is made without its input checks: ``argmax(probs / q)`` with ``q ~ Exp(1)``
+    taken from the generator as multinomial takes it, so the tokens and the generator's state
+    after are multinomial's (tests/test_sampler.py)."""
+    if probs.device.type != "cpu":
+        return torch.multinomial(probs, 1).squeeze(1)
+    return (probs / torch.empty_like(probs).exponential_()).argmax(-1)
 
 
 def library_decoder(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int):

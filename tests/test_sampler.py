@@ -22,6 +22,10 @@ def tiny_lm(kind: str) -> torch.nn.Module:
     torch.manual_seed(0)
     shape = dict(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=128, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=2)
+    if kind == "mistral":
+        from transformers import MistralConfig, MistralForCausalLM
+
+        return MistralForCausalLM(MistralConfig(**shape, sliding_window=None)).eval()
     model = LlamaForCausalLM(LlamaConfig(**shape)) if kind == "llama" else Qwen2ForCausalLM(Qwen2Config(**shape))
     return model.eval()
 
@@ -74,7 +78,7 @@ def test_static_cache_sampler_draws_the_same_tokens_as_generate(kind, share, sam
     assert torch.equal(mask_ours, hf_mask)
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral"])
 def test_the_static_shape_step_draws_the_same_tokens_as_generate(kind):
     """The step a GPU captures as a CUDA graph: every step attends over the whole response buffer."""
     from lightning_modules.generation import sample_with_static_cache
@@ -97,12 +101,16 @@ def test_the_library_decoder_draws_the_same_tokens_as_generate(share, monkeypatc
     assert torch.equal(ids_ours, hf_ids) and torch.equal(mask_ours, hf_mask)
 
 
-def test_the_lean_decoder_names_what_it_does_not_cover():
+def test_the_lean_decoder_covers_mistral_without_a_window_and_names_what_it_does_not_cover():
     from transformers import MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     shape = dict(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
     assert "sliding window" in lean_decoder(MistralForCausalLM(MistralConfig(**shape, sliding_window=8)))[1]
-    assert lean_decoder(MistralForCausalLM(MistralConfig(**shape, sliding_window=None)))[0] is not None
+    lm = tiny_lm("mistral")
+    assert lean_decoder(lm)[0] is not None
+    ids, mask = grouped_prompts(3)
+    (hf_ids, hf_mask), (ids_ours, mask_ours) = sample_both(lm, ids, mask, {"do_sample": True, "temperature": 0.9})
+    assert torch.equal(ids_ours, hf_ids) and torch.equal(mask_ours, hf_mask)
     assert "qwen3" in lean_decoder(Qwen3ForCausalLM(Qwen3Config(**shape)))[1]
 
 
@@ -155,3 +163,15 @@ def test_sampler_under_bf16_autocast_draws_the_same_tokens_as_generate():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out[sampler] = generate(lm, ids, mask, tokenizer, 16, sampler=sampler, do_sample=True, temperature=0.8)
     assert torch.equal(out["static_cache"][0], out["hf_generate"][0])
+
+
+def test_the_cpu_draw_is_multinomials_draw_and_leaves_the_generator_as_multinomial_does():
+    from lightning_modules.generation import draw
+
+    probs = torch.softmax(torch.randn(64, 50, generator=torch.Generator().manual_seed(0)) * 3, -1)
+    for seed in range(50):
+        torch.manual_seed(seed)
+        expected, after = torch.multinomial(probs, 1).squeeze(1), torch.rand(3)
+        torch.manual_seed(seed)
+        drawn, after_ours = draw(probs), torch.rand(3)
+        assert torch.equal(drawn, expected) and torch.equal(after_ours, after)

@@ -75,6 +75,8 @@ class BenchmarkSettings:
     """Sampling temperature; the default is the RL configs'."""
     lr: float = 1e-4
     """Learning rate (ours and TRL's); the default is configs/grpo.yaml's."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass, ours (--model.gradient_checkpointing) and TRL's alike; off by default."""
     minibatches: int = 1
     """Split each step's rollout into this many backward passes: ours takes one optimizer step per part (--algo.minibatches),
     TRL accumulates the parts' gradients into one step (gradient_accumulation_steps); the forward and backward work is the
@@ -141,6 +143,7 @@ class Case:
     cache_dir: str = ".cache"
     vocab: int | None = None
     minibatches: int = 1
+    gradient_checkpointing: bool = False
     matched_trl: bool = False
     """Our GRPO configured as the TRL comparison runs it (no KL, TRL's loss aggregation)."""
     extra: list[str] = field(default_factory=list)
@@ -273,6 +276,8 @@ def measure_ours(case: Case, workdir: Path) -> dict:
                  "--algo.temperature", str(case.temperature)]
         if case.minibatches > 1:
             argv += ["--algo.minibatches", str(case.minibatches)]
+    if case.gradient_checkpointing:
+        argv += ["--model.gradient_checkpointing", "true"]
     if case.matched_trl:
         argv += ["--algo.kl_coef", "0", "--algo.loss_aggregation", "grpo", "--algo.scale", "group", "--algo.ppo_epochs", "1",
                  "--algo.minibatches", str(case.minibatches), "--algo.clip_eps", "0.2", "--optim.warmup_steps", "0", "--optim.schedule", "constant"]
@@ -330,7 +335,7 @@ def measure_trl(case: Case, workdir: Path) -> dict:
 
     args = GRPOConfig(
         output_dir=str(workdir / "trl"), per_device_train_batch_size=case.batch_size * case.samples // case.minibatches,
-        gradient_accumulation_steps=case.minibatches,
+        gradient_accumulation_steps=case.minibatches, gradient_checkpointing=case.gradient_checkpointing,
         num_generations=case.samples, max_completion_length=case.max_new_tokens, temperature=case.temperature,
         top_k=0, top_p=1.0, beta=0.0, num_iterations=1, epsilon=0.2, loss_type="grpo", scale_rewards="group",
         learning_rate=case.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
@@ -449,7 +454,7 @@ DESCRIPTION = ("Seconds per optimizer step of each method (generation / scoring 
 
 
 def build_parser() -> ArgumentParser:
-    parser = settings_parser("benchmark.py", DESCRIPTION, BenchmarkSettings, bare_flags=("trl",))
+    parser = settings_parser("benchmark.py", DESCRIPTION, BenchmarkSettings, bare_flags=("trl", "gradient_checkpointing"))
     parser.add_argument("--worker", help=SUPPRESS)  # the measurement subprocess: a Case as JSON
     parser.add_argument("--result", help=SUPPRESS)  # where the worker writes what it measured
     return parser
@@ -491,7 +496,8 @@ def benchmark(settings: BenchmarkSettings, argv: list[str]) -> int:
     key, values = parse_sweep(settings.sweep)
     base = Case("ours", "grpo", settings.batch_size, settings.samples, settings.max_new_tokens, settings.width, settings.layers, settings.model,
                 settings.temperature, settings.lr, settings.steps, settings.warmup_steps, settings.accelerator, settings.precision,
-                settings.cache_dir, vocab=settings.vocab, minibatches=settings.minibatches, extra=settings.extra)
+                settings.cache_dir, vocab=settings.vocab, minibatches=settings.minibatches,
+                gradient_checkpointing=settings.gradient_checkpointing, extra=settings.extra)
     sizes = [replace(base, **{key: v}) for v in values] if key else [base]
 
     out = Path(settings.out)
