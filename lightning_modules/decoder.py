@@ -186,6 +186,8 @@ def shared_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> int:
     """How many consecutive rows share each prompt: the n of prompts repeated with
     ``repeat_interleave(n)``, or 1."""
     rows = prompt_ids.size(0)
+    if rows < 2:
+        return 1
     distinct = 1 + int((prompt_ids[1:] != prompt_ids[:-1]).any(-1).sum())
     if distinct == rows or rows % distinct:
         return 1

@@ -117,6 +117,7 @@ def test_the_lean_decoder_covers_mistral_without_a_window_and_names_what_it_does
 def test_shared_rows_finds_runs_of_one_prompt():
     ids, mask = left_padded_prompts()
     assert shared_rows(ids, mask) == 1
+    assert shared_rows(ids[:1], mask[:1]) == 1 and shared_rows(ids[:0], mask[:0]) == 1
     assert shared_rows(ids[:4].repeat_interleave(2, 0), mask[:4].repeat_interleave(2, 0)) == 2
     assert shared_rows(ids[:2].repeat(3, 1), mask[:2].repeat(3, 1)) == 1  # repeated, but not in runs
     padded_alike = mask[:2].repeat_interleave(2, 0).clone()
