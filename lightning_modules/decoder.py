@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from lightning_modules.policy import position_ids
+
 FAMILIES = ("llama", "qwen2", "mistral")
 """Decoder-only models whose layers are: RMSNorm, q/k/v projections, rotary embedding of q and
 k (rotate-half convention), attention, output projection, residual, RMSNorm, MLP, residual."""
@@ -82,16 +84,16 @@ class LeanDecoder:
         rows, length = prompt_ids.shape
         device = prompt_ids.device
         self.share = shared_rows(prompt_ids, prompt_mask)
-        prompts, rows_per_prompt = rows // self.share, self.share
+        prompts = rows // self.share
         prompt_ids, prompt_mask = prompt_ids[::self.share], prompt_mask[::self.share]
         self.rows, self.prompts, self.length = rows, prompts, length
-        positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
-        self.position = positions[:, -1:].repeat_interleave(rows_per_prompt, 0)  # the last prompt position; step t is at + 1 + t
+        positions = position_ids(prompt_mask)
+        self.position = positions[:, -1:].repeat_interleave(self.share, 0)  # the last prompt position; step t is at + 1 + t
         h = self.model.embed_tokens(prompt_ids)
         # cos | sin of every position a row can reach (a prompt position is at most its index)
         cos, sin = self.model.rotary_emb(h, torch.arange(length + max_new_tokens, device=device)[None])
         self.angles = torch.cat([cos[0], sin[0]], dim=-1)
-        # A step's prompt scores are [prompts x kv_heads, rows_per_prompt x group_heads, length]; this bias hides padding.
+        # A step's prompt scores are [prompts x kv_heads, share x group_heads, length]; this bias hides padding.
         bias = torch.zeros(prompts, self.kv_heads, 1, length, device=device, dtype=self.angles.dtype)
         self.bias = bias.masked_fill_(~prompt_mask.bool()[:, None, None, :], float("-inf")).view(prompts * self.kv_heads, 1, length)
         causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
@@ -102,7 +104,7 @@ class LeanDecoder:
         cos_sin = self.angles[positions].unsqueeze(1)
         for index, layer in enumerate(self.model.layers):
             h = self.layer(layer, index, h, cos_sin, prefill_mask=mask)
-        return self.logits(h[:, -1:]).repeat_interleave(rows_per_prompt, 0)
+        return self.logits(h[:, -1:]).repeat_interleave(self.share, 0)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, t: int) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from lightning_modules.decoder import GraphedStep, lean_decoder, shared_rows
+from lightning_modules.policy import position_ids
 
 
 def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -149,7 +150,7 @@ def library_decoder(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max
     else:
         cache = StaticCache(config=lm.config, max_cache_len=prompt_length + max_new_tokens)
     mask = torch.cat([prompt_mask, prompt_mask.new_ones(rows, max_new_tokens)], dim=1)
-    positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+    positions = position_ids(prompt_mask)
     out = lm(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, past_key_values=cache, use_cache=True,
              cache_position=torch.arange(prompt_length, device=device), logits_to_keep=1)
     position = positions[:, -1:]

@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from datamodules.config import ConfigError
 from lightning_modules.config import EmbeddedModelConfig, LoraConfig, ModelConfig
+from lightning_modules.sharding import is_sharded
 
 EMBEDDED = "embedded"
 # Bump when the tokenizer corpus or the architecture recipe changes, so old builds are not reused.
@@ -187,6 +188,12 @@ def add_lora(lm: PreTrainedModel, lora: LoraConfig) -> nn.Module:
     return peft.get_peft_model(lm, adapters)
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position counted from its row's first real token (padding at 0), so that a
+    left-padded row sees the positions an unpadded one would. Scoring and both samplers use it."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 class Policy(nn.Module):
     """A causal LM with named heads on its last hidden state (value, CoT embedding, ...)."""
 
@@ -244,14 +251,13 @@ class Policy(nn.Module):
         ``logits_to_keep > 0`` computes logits for the last that many positions only (the
         vocabulary projection of prompt positions is wasted work when scoring responses).
 
-        Positions are counted from the first real token, so left-padded prompts see the
-        same positions as unpadded ones (generation does the same).
+        Positions are counted from the first real token (:func:`position_ids`), as the
+        samplers count them.
         """
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         out = self.lm(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=position_ids,
+            position_ids=position_ids(attention_mask),
             output_hidden_states=return_hidden,
             use_cache=False,
             **({"logits_to_keep": logits_to_keep} if logits_to_keep else {}),
@@ -263,9 +269,7 @@ class Policy(nn.Module):
         values from one forward pass to the next, which activation checkpointing turns off.
         Nor under FSDP2, where every forward pass is a round of collectives: ranks whose rows
         share prompts differently would run different numbers of them and wait forever."""
-        from torch.distributed.fsdp import FSDPModule
-
-        if any(isinstance(m, FSDPModule) for m in self.lm.modules()):
+        if is_sharded(self.lm):
             return False
         checkpointing = getattr(self.lm, "is_activation_checkpointing", None)  # the newer name of is_gradient_checkpointing
         return not (checkpointing if checkpointing is not None else getattr(self.lm, "is_gradient_checkpointing", False))
@@ -285,16 +289,16 @@ class Policy(nn.Module):
         """
         from transformers import DynamicCache
 
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        positions = position_ids(attention_mask)
         cache = DynamicCache(config=self.lm.config)
         prompt = self.lm(
             input_ids=input_ids[::share, :prompt_length], attention_mask=attention_mask[::share, :prompt_length],
-            position_ids=position_ids[::share, :prompt_length], past_key_values=cache, use_cache=True,
+            position_ids=positions[::share, :prompt_length], past_key_values=cache, use_cache=True,
             output_hidden_states=return_hidden, logits_to_keep=1,
         )
         cache.batch_repeat_interleave(share)
         rest = self.lm(
-            input_ids=input_ids[:, prompt_length:], attention_mask=attention_mask, position_ids=position_ids[:, prompt_length:],
+            input_ids=input_ids[:, prompt_length:], attention_mask=attention_mask, position_ids=positions[:, prompt_length:],
             past_key_values=cache, use_cache=True, output_hidden_states=return_hidden,
         )
         logits = torch.cat([prompt.logits[:, -1:].repeat_interleave(share, 0), rest.logits], dim=1)
