@@ -14,7 +14,7 @@ from typing import Any
 
 from datamodules.config import ConfigError, DataConfig, require  # noqa: F401  (re-exported: the run's config is built here)
 
-SAMPLERS = ("static_cache", "hf_generate")
+SAMPLERS = ("static_cache", "compiled", "hf_generate")
 
 
 @dataclass
@@ -164,7 +164,7 @@ class TrainerConfig:
     max_new_tokens: int = 128
     """Generation budget at validation and test (ReFT: 300 for GSM8K)."""
     sampler: str = "static_cache"
-    """How responses are generated: static_cache (one cache allocated per batch, no per-token host sync; Llama, Qwen2 and Mistral models decode through a lean loop in which rows sharing a prompt share its keys and values) or hf_generate (Hugging Face's generate, for a model whose code cannot use a static cache); both draw the same tokens."""
+    """How responses are generated: static_cache (one cache allocated per batch, no per-token host sync; Llama, Qwen2 and Mistral models decode through a lean loop in which rows sharing a prompt share its keys and values) compiled (static_cache with its decode step compiled once per process by torch.compile, its compile cache kept on disk; a model outside those families, or a failed compile, falls back to the uncompiled loop with one logged line), or hf_generate (Hugging Face's generate, for a model whose code cannot use a static cache); all draw the same tokens."""
     keep_best: bool = False
     """Also keep checkpoints/best.ckpt, the checkpoint with the highest val/accuracy so far (selected on validation, never on test)."""
     early_stopping_patience: int = 0

@@ -21,12 +21,18 @@ the tokens ``generate`` draws (tests/test_sampler.py). A model it does not cover
 
 from __future__ import annotations
 
+import logging
+import time
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
 from lightning_modules.policy import position_ids
+
+log = logging.getLogger(__name__)
 
 FAMILIES = ("llama", "qwen2", "mistral")
 """Decoder-only models whose layers are: RMSNorm, q/k/v projections, rotary embedding of q and
@@ -220,26 +226,79 @@ def rotate(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
 
 
 class GraphedStep:
-    """:meth:`LeanDecoder.static_step` captured once per rollout as a CUDA graph and replayed
-    for every token: one launch per step instead of one per operation, which is what a step of
-    a small model costs on a GPU. Call it as ``step(tokens, t)``; the returned logits are a
-    buffer the next call overwrites."""
+    """:meth:`LeanDecoder.static_step` (or ``step``, a function of the same signature, such as
+    :func:`compiled_step`'s) captured once per rollout as a CUDA graph and replayed for every
+    token: one launch per step instead of one per operation, which is what a step of a small
+    model costs on a GPU. Call it as ``step(tokens, t)``; the returned logits are a buffer the
+    next call overwrites."""
 
-    def __init__(self, decoder: LeanDecoder) -> None:
+    def __init__(self, decoder: LeanDecoder, step: Callable | None = None) -> None:
         device = decoder.angles.device
+        step = step or decoder.static_step
         self.tokens = torch.zeros(decoder.rows, dtype=torch.long, device=device)
         self.t = torch.zeros((), dtype=torch.long, device=device)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # warm-up outside the capture (it writes slot 0, which step 0 rewrites)
-            decoder.static_step(self.tokens, self.t)
+            step(self.tokens, self.t)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = decoder.static_step(self.tokens, self.t)
+            self.logits = step(self.tokens, self.t)
 
     def __call__(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
         self.tokens.copy_(tokens)
         self.t.fill_(t)
         self.graph.replay()
         return self.logits
+
+
+class Compiler:
+    """:meth:`LeanDecoder.static_step` compiled once per process (``torch.compile``), shared by
+    every rollout and every decoder of the process.
+
+    The step has the same shapes at every token of a rollout, so it is compiled at the first
+    rollout and replayed after. Rollouts whose prompts are of another length, or validation
+    batches of another size, compile once more, with those sizes symbolic (``torch.compile``'s
+    automatic dynamic shapes), and then no more. Inductor keeps what it compiled on disk
+    (``TORCHINDUCTOR_CACHE_DIR``, by default under the system's temporary folder), so the next
+    process compiles from that cache in a few seconds. ``seconds`` counts the time spent in
+    calls that compiled. If compiling fails (no C++ compiler, an operator inductor cannot
+    lower), one line is logged and every step after runs eagerly: the same step, the same
+    tokens.
+    """
+
+    def __init__(self) -> None:
+        self.function: Callable | None = None
+        self.failed: str | None = None
+        self.seconds = 0.0
+        self.compiles = 0
+
+    def step(self, decoder: LeanDecoder) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``step(tokens, t)`` for ``decoder``, with ``t`` a 0-dim tensor on the device."""
+        if self.function is None and self.failed is None:
+            self.function = torch.compile(LeanDecoder.static_step)
+
+        def step(tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if self.failed is not None:
+                return decoder.static_step(tokens, t)
+            from torch._dynamo.utils import counters
+
+            graphs, start = counters["stats"]["unique_graphs"], time.perf_counter()
+            try:
+                logits = self.function(decoder, tokens, t)
+            except Exception as error:  # the compiler's failure: the same step runs eagerly (a model's own error raises there again)
+                self.failed = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+                log.warning("The decode step could not be compiled (%s); sampling continues with the eager step.", self.failed)
+                return decoder.static_step(tokens, t)
+            if counters["stats"]["unique_graphs"] > graphs:
+                self.compiles += 1
+                self.seconds += time.perf_counter() - start
+                log.info("Compiled the decode step (%d rows) in %.1f s.", decoder.rows, time.perf_counter() - start)
+            return logits
+
+        return step
+
+
+COMPILER = Compiler()
+"""The process's compiled decode step (``trainer.sampler compiled``)."""

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lightning_modules.decoder import GraphedStep, lean_decoder, shared_rows
+from lightning_modules.decoder import COMPILER, GraphedStep, lean_decoder, shared_rows
 from lightning_modules.policy import position_ids
+
+log = logging.getLogger(__name__)
+UNCOMPILED: set[str] = set()
+"""Reasons already logged for sampling uncompiled under ``compiled`` (each said once a process)."""
 
 
 def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -31,14 +37,15 @@ def generate(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Responses ``[B, T]`` for left-padded prompts, and their mask (EOS included).
 
-    ``static_cache`` is the loop of :func:`sample_with_static_cache`; ``hf_generate`` is
+    ``static_cache`` is the loop of :func:`sample_with_static_cache`, ``compiled`` the same
+    loop with its decode step compiled once per process; ``hf_generate`` is
     Hugging Face's ``generate`` (for a model whose code cannot use a static cache). Both
     draw alike: the same filtered distribution, one ``torch.multinomial`` per token.
     """
-    if sampler == "static_cache":
+    if sampler in ("static_cache", "compiled"):
         responses = sample_with_static_cache(
             lm, prompt_ids, prompt_mask, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
-            do_sample, temperature, top_k, top_p,
+            do_sample, temperature, top_k, top_p, compiled=sampler == "compiled",
         )
     else:
         sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {"do_sample": False}
@@ -84,6 +91,7 @@ def sample_with_static_cache(
     top_p: float = 1.0,
     check_every: int = 8,
     static_shapes: bool = False,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Sample up to ``max_new_tokens`` for every left-padded prompt; ``[B, T]``, padded after EOS.
 
@@ -92,20 +100,27 @@ def sample_with_static_cache(
     back only every ``check_every`` tokens (one host sync there, none otherwise). Llama-family
     models decode through :class:`~lightning_modules.decoder.LeanDecoder`, others through
     their ``forward``. With ``static_shapes`` (lean decoder only) every step has the same
-    shapes, and on a GPU the step is captured once as a CUDA graph and replayed.
+    shapes, and on a GPU the step is captured once per rollout as a CUDA graph and replayed.
+    ``compiled`` (lean decoder only, implies ``static_shapes``) runs that step compiled once per
+    process (:class:`~lightning_modules.decoder.Compiler`); a model the lean decoder does not
+    cover samples through its ``forward`` instead, said once in the log.
     """
     rows, prompt_length = prompt_ids.shape
     device = prompt_ids.device
-    decoder, _ = lean_decoder(lm)
+    decoder, why = lean_decoder(lm)
     if decoder is not None:
         logits = decoder.prefill(prompt_ids, prompt_mask, max_new_tokens)
-        if static_shapes and device.type == "cuda":
-            next_logits = GraphedStep(decoder)
-        elif static_shapes:
-            next_logits = lambda token, t: decoder.static_step(token, torch.tensor(t, device=device))  # noqa: E731
+        step = COMPILER.step(decoder) if compiled else decoder.static_step
+        if (static_shapes or compiled) and device.type == "cuda":
+            next_logits = GraphedStep(decoder, step)
+        elif static_shapes or compiled:
+            next_logits = lambda token, t: step(token, torch.tensor(t, device=device))  # noqa: E731
         else:
             next_logits = decoder.step
     else:
+        if compiled and why not in UNCOMPILED:
+            UNCOMPILED.add(why)
+            log.warning("The decode step is not compiled: %s; sampling runs through the model's forward.", why)
         next_logits, logits = library_decoder(lm, prompt_ids, prompt_mask, max_new_tokens)
     tokens = prompt_ids.new_full((rows, max_new_tokens), pad_token_id)
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
