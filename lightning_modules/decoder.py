@@ -276,14 +276,14 @@ class Compiler:
 
     def step(self, decoder: LeanDecoder) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``step(tokens, t)`` for ``decoder``, with ``t`` a 0-dim tensor on the device."""
+        from torch._dynamo.utils import counters
+
         if self.function is None and self.failed is None:
             self.function = torch.compile(LeanDecoder.static_step)
 
         def step(tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             if self.failed is not None:
                 return decoder.static_step(tokens, t)
-            from torch._dynamo.utils import counters
-
             graphs, start = counters["stats"]["unique_graphs"], time.perf_counter()
             try:
                 logits = self.function(decoder, tokens, t)

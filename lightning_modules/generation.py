@@ -9,6 +9,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_modules.decoder import COMPILER, GraphedStep, lean_decoder, shared_rows
 from lightning_modules.policy import position_ids
+from lightning_modules.sharding import is_sharded
 
 log = logging.getLogger(__name__)
 UNCOMPILED: set[str] = set()
@@ -103,11 +104,17 @@ def sample_with_static_cache(
     shapes, and on a GPU the step is captured once per rollout as a CUDA graph and replayed.
     ``compiled`` (lean decoder only, implies ``static_shapes``) runs that step compiled once per
     process (:class:`~lightning_modules.decoder.Compiler`); a model the lean decoder does not
-    cover samples through its ``forward`` instead, said once in the log.
+    cover, or one sharded by FSDP2, samples uncompiled, said once in the log.
     """
     rows, prompt_length = prompt_ids.shape
     device = prompt_ids.device
     decoder, why = lean_decoder(lm)
+    if compiled and (decoder is None or is_sharded(lm)):
+        why = why or "the model is sharded (FSDP2), and the compiled step is not built for its gathered units"
+        if why not in UNCOMPILED:
+            UNCOMPILED.add(why)
+            log.warning("The decode step is not compiled: %s; sampling runs uncompiled.", why)
+        compiled = False
     if decoder is not None:
         logits = decoder.prefill(prompt_ids, prompt_mask, max_new_tokens)
         step = COMPILER.step(decoder) if compiled else decoder.static_step
@@ -118,9 +125,6 @@ def sample_with_static_cache(
         else:
             next_logits = decoder.step
     else:
-        if compiled and why not in UNCOMPILED:
-            UNCOMPILED.add(why)
-            log.warning("The decode step is not compiled: %s; sampling runs through the model's forward.", why)
         next_logits, logits = library_decoder(lm, prompt_ids, prompt_mask, max_new_tokens)
     tokens = prompt_ids.new_full((rows, max_new_tokens), pad_token_id)
     finished = torch.zeros(rows, dtype=torch.bool, device=device)

@@ -90,3 +90,19 @@ def test_a_model_the_lean_decoder_does_not_cover_samples_uncompiled_and_says_so_
     lines = [record.getMessage() for record in caplog.records if record.name == generation.__name__]
     assert len(lines) == 1 and "not compiled: model type 'qwen3'" in lines[0]
     assert compiler.compiles == 0
+
+
+def test_a_sharded_model_samples_with_the_eager_step_and_says_so_once(compiler, monkeypatch, caplog):
+    """Under FSDP2 the rollout runs inside gathered units; the compiled step is not built for them."""
+    monkeypatch.setattr(generation, "is_sharded", lambda lm: True)
+    monkeypatch.setattr(generation, "UNCOMPILED", set())
+    lm = tiny_lm("llama")
+    ids, mask = grouped_prompts(3)
+    sampling = {"do_sample": True, "temperature": 0.9}
+    expected = sample(lm, ids, mask, "static_cache", sampling)
+    with caplog.at_level(logging.WARNING, logger=generation.__name__):
+        for _ in range(2):
+            assert torch.equal(sample(lm, ids, mask, "compiled", sampling)[0], expected[0])
+    lines = [record.getMessage() for record in caplog.records if record.name == generation.__name__]
+    assert len(lines) == 1 and "not compiled: the model is sharded (FSDP2)" in lines[0]
+    assert compiler.compiles == 0

@@ -459,8 +459,8 @@ class EvalOptions:
     """Weight dtype."""
     trust_remote_code: bool = False
     """Run model code shipped with a hub repository (only when you trust it)."""
-    sampler: Literal["static_cache", "hf_generate"] = "static_cache"
-    """static_cache, or hf_generate for a model whose code cannot use a static cache (both draw the same tokens)."""
+    sampler: Literal["static_cache", "compiled", "hf_generate"] = "static_cache"
+    """static_cache; compiled (its decode step compiled once, for long evaluations); or hf_generate for a model whose code cannot use a static cache (all draw the same tokens)."""
 
     def validate(self) -> None:
         if self.batch_size < 1:

@@ -1,8 +1,9 @@
 """The GPU check (``scripts/gpu_check.py``): one command, a few minutes on one GPU, that measures
 
 1. generated tokens per second of a Qwen2.5-0.5B-shaped model (random weights, bf16): our
-   sampler eager, our sampler with its step replayed as a CUDA graph, and ``generate``;
-   whether the graph draws the eager loop's tokens;
+   sampler eager, our sampler with its step replayed as a CUDA graph, the same with the step
+   compiled first (``trainer.sampler compiled``), and ``generate``; whether the graphs draw
+   the eager loop's tokens;
 2. our GRPO step against TRL's on the same work (scripts/benchmark.py's cases, bf16-mixed),
    and the update's model FLOPs utilisation: ``6 x (parameters outside the input embedding)
    x (prompt and response tokens)`` per update second, over the GPU's dense bf16 peak. The
@@ -104,18 +105,20 @@ def sampler_speeds(folder: Path, settings: GpuCheckSettings, device: str) -> dic
     mask = batch["attention_mask"].repeat_interleave(settings.samples, 0)
     new = settings.max_new_tokens
 
-    def ours(static: bool):
+    def ours(static: bool, compiled: bool = False):
         return sample_with_static_cache(lm, ids, mask, new, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature=1.0,
-                                        static_shapes=static)
+                                        static_shapes=static, compiled=compiled)
 
     def library():
         out = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=True, temperature=1.0, top_k=0,
                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         return out[:, ids.size(1):]
 
-    ways = {"ours, eager": lambda: ours(False), "ours, CUDA graph": lambda: ours(True), "generate": library}
-    if device != "cuda":
+    ways = {"ours, eager": lambda: ours(False), "ours, CUDA graph": lambda: ours(True),
+            "ours, compiled, CUDA graph": lambda: ours(True, compiled=True), "generate": library}
+    if device != "cuda":  # the compiled step alone is measured on the CPU by tests and docs/PERFORMANCE.md
         ways.pop("ours, CUDA graph")
+        ways.pop("ours, compiled, CUDA graph")
     results, tokens = {}, {}
     for name, run in ways.items():
         torch.manual_seed(0)
@@ -133,12 +136,13 @@ def sampler_speeds(folder: Path, settings: GpuCheckSettings, device: str) -> dic
         count = tokens[name].numel()
         results[name] = {"seconds": min(seconds), "generated_tokens_per_s": count / min(seconds), "rows": ids.size(0),
                          "new_tokens": tokens[name].size(1)}
-    if "ours, CUDA graph" in tokens:
-        eager, graph = tokens["ours, eager"], tokens["ours, CUDA graph"]
-        same = eager.shape == graph.shape and bool((eager == graph).all())
-        first = int((eager != graph).any(0).nonzero()[0]) if eager.shape == graph.shape and not same else None
-        results["graph draws the eager tokens"] = same
-        results["first differing step"] = first  # bf16 sums in another order can flip a draw
+    for way, key in (("ours, CUDA graph", "graph"), ("ours, compiled, CUDA graph", "compiled graph")):
+        if way in tokens:
+            eager, graph = tokens["ours, eager"], tokens[way]
+            same = eager.shape == graph.shape and bool((eager == graph).all())
+            first = int((eager != graph).any(0).nonzero()[0]) if eager.shape == graph.shape and not same else None
+            results[f"{key} draws the eager tokens"] = same
+            results[f"{key}: first differing step"] = first  # bf16 sums in another order can flip a draw
     return results
 
 
@@ -219,9 +223,10 @@ def report(result: dict) -> str:
     for way, figures in result["sampler"].items():
         if isinstance(figures, dict):
             lines.append(f"| {way} | {figures['seconds']:.2f} | {figures['generated_tokens_per_s']:,.0f} |")
-    if "graph draws the eager tokens" in result["sampler"]:
-        lines.append(f"\nCUDA graph draws the eager tokens: {result['sampler']['graph draws the eager tokens']}"
-                     f" (first differing step: {result['sampler']['first differing step']})")
+    for key, name in (("graph", "CUDA graph"), ("compiled graph", "Compiled step's CUDA graph")):
+        if f"{key} draws the eager tokens" in result["sampler"]:
+            lines.append(f"\n{name} draws the eager tokens: {result['sampler'][f'{key} draws the eager tokens']}"
+                         f" (first differing step: {result['sampler'][f'{key}: first differing step']})")
     lines += ["", "| GRPO | step s | generate s | update s | samples/s |", "|---|---|---|---|---|"]
     for r in result["grpo"]:
         update = r["update_s"] if r["engine"] == "ours" else r["rest_s"]
