@@ -43,6 +43,18 @@ def test_benchmark_times_each_phase_and_prints_the_trl_ratio(tmp_path, model_cac
     assert f"GRPO samples/s, ours / TRL's: {ratio:.2f}x" in printed and "| TRL GRPOTrainer |" in printed
 
 
+@pytest.mark.slow
+def test_the_benchmark_reports_the_compiled_steps_compile_time(tmp_path, model_cache, capsys):
+    """With -- --trainer.sampler compiled the decode step compiles in the warm-up steps; the
+    seconds it took are in the JSON and printed, apart from the measured steps."""
+    out = tmp_path / "bench.json"
+    tiny = [*TINY[:-4], "--steps", "1", "--warmup_steps", "1"]
+    assert main(["--methods", "grpo", *tiny, "--cache_dir", str(model_cache), "--out", str(out), "--", "--trainer.sampler", "compiled"]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["compile_s"] > 0 and row["measured_steps"] == 1 and row["generate_s"] > 0
+    assert f"grpo: the decode step compiled in {row['compile_s']:.1f} s" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["--methods", "dpo"], "unknown method 'dpo'"),
     (["--sweep", "depth=1,2"], "--sweep must look like KEY=V1,V2"),
