@@ -227,7 +227,7 @@ def rotate(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
 
 class GraphedStep:
     """:meth:`LeanDecoder.static_step` (or ``step``, a function of the same signature, such as
-    :func:`compiled_step`'s) captured once per rollout as a CUDA graph and replayed for every
+    the one :meth:`Compiler.step` returns) captured once per rollout as a CUDA graph and replayed for every
     token: one launch per step instead of one per operation, which is what a step of a small
     model costs on a GPU. Call it as ``step(tokens, t)``; the returned logits are a buffer the
     next call overwrites."""

@@ -40,7 +40,7 @@ def generate(
 
     ``static_cache`` is the loop of :func:`sample_with_static_cache`, ``compiled`` the same
     loop with its decode step compiled once per process; ``hf_generate`` is
-    Hugging Face's ``generate`` (for a model whose code cannot use a static cache). Both
+    Hugging Face's ``generate`` (for a model whose code cannot use a static cache). All
     draw alike: the same filtered distribution, one ``torch.multinomial`` per token.
     """
     if sampler in ("static_cache", "compiled"):
@@ -128,9 +128,10 @@ def sample_with_static_cache(
         next_logits, logits = library_decoder(lm, prompt_ids, prompt_mask, max_new_tokens)
     tokens = prompt_ids.new_full((rows, max_new_tokens), pad_token_id)
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    noise = torch.empty(logits.shape, device=device) if do_sample and device.type == "cpu" else None
     for t in range(max_new_tokens):
         if do_sample:
-            token = draw(filter_logits(logits, temperature, top_k, top_p).softmax(-1))
+            token = draw(filter_logits(logits, temperature, top_k, top_p).softmax(-1), noise)
         else:
             token = logits.argmax(-1)
         token = token.masked_fill(finished, pad_token_id)
@@ -144,14 +145,17 @@ def sample_with_static_cache(
     return tokens[:, :longest]
 
 
-def draw(probs: torch.Tensor) -> torch.Tensor:
+def draw(probs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row from ``probs`` ``[B, V]``: ``torch.multinomial(probs, 1)``. On the CPU
     the same draw is made without its input checks: ``argmax(probs / q)`` with ``q ~ Exp(1)``
     taken from the generator as multinomial takes it, so the tokens and the generator's state
-    after are multinomial's (tests/test_sampler.py)."""
+    after are multinomial's (tests/test_sampler.py). ``noise``, a float32 buffer of ``probs``'
+    shape reused across a rollout's steps, holds ``q`` and the quotient: at a 49k or 152k
+    vocabulary a fresh ``[B, V]`` tensor per token costs more than the division itself."""
     if probs.device.type != "cpu":
         return torch.multinomial(probs, 1).squeeze(1)
-    return (probs / torch.empty_like(probs).exponential_()).argmax(-1)
+    noise = torch.empty_like(probs) if noise is None else noise
+    return torch.div(probs, noise.exponential_(), out=noise).argmax(-1)
 
 
 def library_decoder(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int):

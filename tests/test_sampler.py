@@ -173,6 +173,7 @@ def test_the_cpu_draw_is_multinomials_draw_and_leaves_the_generator_as_multinomi
     for seed in range(50):
         torch.manual_seed(seed)
         expected, after = torch.multinomial(probs, 1).squeeze(1), torch.rand(3)
-        torch.manual_seed(seed)
-        drawn, after_ours = draw(probs), torch.rand(3)
-        assert torch.equal(drawn, expected) and torch.equal(after_ours, after)
+        for noise in (None, torch.full_like(probs, 7.0)):  # a fresh tensor, or a rollout's reused buffer
+            torch.manual_seed(seed)
+            drawn, after_ours = draw(probs, noise), torch.rand(3)
+            assert torch.equal(drawn, expected) and torch.equal(after_ours, after)
