@@ -227,10 +227,10 @@ def rotate(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
 
 class GraphedStep:
     """:meth:`LeanDecoder.static_step` (or ``step``, a function of the same signature, such as
-    the one :meth:`Compiler.step` returns) captured once per rollout as a CUDA graph and replayed for every
-    token: one launch per step instead of one per operation, which is what a step of a small
-    model costs on a GPU. Call it as ``step(tokens, t)``; the returned logits are a buffer the
-    next call overwrites."""
+    the one :meth:`Compiler.step` returns) captured once per rollout as a CUDA graph and
+    replayed for every token: one launch per step instead of one per operation, which is what a
+    step of a small model costs on a GPU. Call it as ``step(tokens, t)``; the returned logits
+    are a buffer the next call overwrites."""
 
     def __init__(self, decoder: LeanDecoder, step: Callable | None = None) -> None:
         device = decoder.angles.device
@@ -292,9 +292,9 @@ class Compiler:
                 log.warning("The decode step could not be compiled (%s); sampling continues with the eager step.", self.failed)
                 return decoder.static_step(tokens, t)
             if counters["stats"]["unique_graphs"] > graphs:
-                self.compiles += 1
-                self.seconds += time.perf_counter() - start
-                log.info("Compiled the decode step (%d rows) in %.1f s.", decoder.rows, time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                self.compiles, self.seconds = self.compiles + 1, self.seconds + seconds
+                log.info("Compiled the decode step (%d rows) in %.1f s.", decoder.rows, seconds)
             return logits
 
         return step

@@ -118,9 +118,10 @@ def sample_with_static_cache(
     if decoder is not None:
         logits = decoder.prefill(prompt_ids, prompt_mask, max_new_tokens)
         step = COMPILER.step(decoder) if compiled else decoder.static_step
-        if (static_shapes or compiled) and device.type == "cuda":
+        static_shapes = static_shapes or compiled
+        if static_shapes and device.type == "cuda":
             next_logits = GraphedStep(decoder, step)
-        elif static_shapes or compiled:
+        elif static_shapes:
             next_logits = lambda token, t: step(token, torch.tensor(t, device=device))  # noqa: E731
         else:
             next_logits = decoder.step
@@ -128,7 +129,7 @@ def sample_with_static_cache(
         next_logits, logits = library_decoder(lm, prompt_ids, prompt_mask, max_new_tokens)
     tokens = prompt_ids.new_full((rows, max_new_tokens), pad_token_id)
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
-    noise = torch.empty(logits.shape, device=device) if do_sample and device.type == "cpu" else None
+    noise = torch.empty(logits.shape, dtype=torch.float32, device=device) if do_sample and device.type == "cpu" else None  # draw's buffer
     for t in range(max_new_tokens):
         if do_sample:
             token = draw(filter_logits(logits, temperature, top_k, top_p).softmax(-1), noise)
